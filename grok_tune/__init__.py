@@ -1,0 +1,1 @@
+"""grok_tune: hyperparameter studies of grokking."""

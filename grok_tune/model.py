@@ -1,0 +1,127 @@
+"""The grokking transformer, in plain PyTorch.
+
+A decoder-only transformer with causal attention and learned positions (Power et al. 2022):
+defaults are the paper's 2 layers, width 128, 4 heads, MLP 512 (about 4·10⁵ parameters).
+Nanda et al.'s 1-layer model without LayerNorm is ``ModelConfig(n_layers=1, layer_norm=False)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Which parameters AdamW's weight decay touches is a research variable, not a detail:
+#   all                         every parameter, as in Power et al.'s AdamW(model.parameters())
+#   matrices                    2-D weights incl. embeddings, not biases or norm gains (nanoGPT)
+#   matrices_except_embeddings  2-D weights of the blocks and the head only
+DecayScope = Literal["all", "matrices", "matrices_except_embeddings"]
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int  # elements + operator token + '=' token
+    num_classes: int  # possible answers c
+    seq_len: int = 4  # a ∘ b =
+    n_layers: int = 2
+    d_model: int = 128
+    n_heads: int = 4
+    d_mlp: int = 512
+    dropout: float = 0.0
+    layer_norm: bool = True
+    init_scale: float = 1.0  # Omnigrok's α: multiplies every initial weight
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: torch.Tensor, last_only: bool) -> torch.Tensor:
+        B, _, C = x.shape
+        w, b = self.qkv.weight, self.qkv.bias
+        # The last layer needs the query of the '=' position only: keys and values still come
+        # from every position, but the query projection, attention rows, output projection and
+        # MLP run on one position instead of four.
+        q_in = x[:, -1:] if last_only else x
+        q = F.linear(q_in, w[:C], b[:C])
+        k, v = F.linear(x, w[C:], b[C:]).split(C, dim=2)
+        heads = lambda t: t.view(B, t.shape[1], self.n_heads, C // self.n_heads).transpose(1, 2)  # noqa: E731
+        y = F.scaled_dot_product_attention(
+            heads(q),
+            heads(k),
+            heads(v),
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=not last_only,  # the last position sees every position anyway
+        )
+        return self.proj(y.transpose(1, 2).reshape(B, q_in.shape[1], C))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        norm = (lambda: nn.LayerNorm(cfg.d_model)) if cfg.layer_norm else nn.Identity
+        self.ln1, self.ln2 = norm(), norm()
+        self.attn = Attention(cfg)
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.d_model, cfg.d_mlp), nn.ReLU(), nn.Linear(cfg.d_mlp, cfg.d_model)
+        )
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        residual = x[:, -1:] if last_only else x
+        x = residual + self.drop(self.attn(self.ln1(x), last_only))
+        return x + self.drop(self.mlp(self.ln2(x)))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.seq_len, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(cfg.d_model) if cfg.layer_norm else nn.Identity()
+        self.head = nn.Linear(cfg.d_model, cfg.num_classes)
+        if cfg.init_scale != 1.0:
+            with torch.no_grad():
+                for p in self.parameters():
+                    p.mul_(cfg.init_scale)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, T) -> logits over the answer at the last position (B, num_classes)."""
+        x = self.drop(self.tok_emb(idx) + self.pos_emb.weight[: idx.shape[1]])
+        for i, block in enumerate(self.blocks):
+            x = block(x, last_only=i == len(self.blocks) - 1)
+        # only the '=' position predicts anything: the head runs on it alone
+        return self.head(self.ln_f(x[:, -1]))
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.tok_emb.weight.numel() + self.pos_emb.weight.numel()
+        return n
+
+    def param_groups(self, weight_decay: float, scope: DecayScope) -> list[dict]:
+        """AdamW parameter groups: which tensors weight decay touches, by ``scope``."""
+        embeddings = {id(self.tok_emb.weight), id(self.pos_emb.weight)}
+
+        def decayed(p: nn.Parameter) -> bool:
+            if scope == "all":
+                return True
+            if p.dim() < 2:
+                return False
+            return scope == "matrices" or id(p) not in embeddings
+
+        params = list(self.parameters())
+        return [
+            {"params": [p for p in params if decayed(p)], "weight_decay": weight_decay},
+            {"params": [p for p in params if not decayed(p)], "weight_decay": 0.0},
+        ]

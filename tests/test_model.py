@@ -1,0 +1,83 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from grok_tune.model import ModelConfig, Transformer
+
+
+def paper_model() -> Transformer:
+    return Transformer(ModelConfig(vocab_size=99, num_classes=97))
+
+
+def test_paper_model_size():
+    model = paper_model()
+    # per block: attention 4·128² + 4·128, MLP 2·128·512 + 512 + 128, two LayerNorms 4·128
+    block = 4 * 128 * 128 + 4 * 128 + 2 * 128 * 512 + 512 + 128 + 4 * 128
+    assert model.num_params(non_embedding=True) == 2 * block + 2 * 128 + 128 * 97 + 97
+    assert 4.0e5 < model.num_params() < 4.3e5  # "about 400k", Power et al.
+
+
+def test_nanda_variant_has_no_layer_norm():
+    model = Transformer(ModelConfig(vocab_size=115, num_classes=113, n_layers=1, layer_norm=False))
+    assert not any(isinstance(m, torch.nn.LayerNorm) for m in model.modules())
+    assert len(model.blocks) == 1
+
+
+def reference_forward(model: Transformer, idx: torch.Tensor) -> torch.Tensor:
+    """The obvious computation: every layer on every position, causal mask, then the last one."""
+    x = model.tok_emb(idx) + model.pos_emb.weight[: idx.shape[1]]
+    for block in model.blocks:
+        B, T, C = x.shape
+        h = block.ln1(x)
+        q, k, v = block.attn.qkv(h).split(C, dim=2)
+        q, k, v = (t.view(B, T, block.attn.n_heads, -1).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + block.attn.proj(y.transpose(1, 2).reshape(B, T, C))
+        x = x + block.mlp(block.ln2(x))
+    return model.head(model.ln_f(x))[:, -1]
+
+
+@pytest.mark.parametrize("n_layers", [1, 2, 3])
+def test_last_position_shortcut_is_exact(n_layers):
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=13, num_classes=11, n_layers=n_layers)).eval()
+    idx = torch.randint(0, 13, (64, 4))
+    torch.testing.assert_close(model(idx), reference_forward(model, idx), rtol=1e-5, atol=1e-5)
+
+
+def test_attention_is_causal():
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=13, num_classes=11, n_layers=2)).eval()
+    a = torch.tensor([[1, 11, 2, 12]])
+    # changing a later token must not change an earlier position's state in layer one
+    h1 = model.blocks[0](model.tok_emb(a) + model.pos_emb.weight)
+    b = a.clone()
+    b[0, 2] = 5
+    h2 = model.blocks[0](model.tok_emb(b) + model.pos_emb.weight)
+    torch.testing.assert_close(h1[:, :2], h2[:, :2])
+    assert not torch.allclose(h1[:, 2:], h2[:, 2:])
+
+
+def test_decay_scopes():
+    model = paper_model()
+    total = model.num_params()
+
+    def decayed(scope):
+        groups = model.param_groups(1.0, scope)
+        assert groups[1]["weight_decay"] == 0.0
+        assert sum(p.numel() for g in groups for p in g["params"]) == total
+        return sum(p.numel() for p in groups[0]["params"])
+
+    embeddings = 99 * 128 + 4 * 128
+    vectors = sum(p.numel() for p in model.parameters() if p.dim() < 2)
+    assert decayed("all") == total
+    assert decayed("matrices") == total - vectors
+    assert decayed("matrices_except_embeddings") == total - vectors - embeddings
+
+
+def test_init_scale_multiplies_weights():
+    torch.manual_seed(0)
+    a = Transformer(ModelConfig(vocab_size=9, num_classes=7))
+    torch.manual_seed(0)
+    b = Transformer(ModelConfig(vocab_size=9, num_classes=7, init_scale=3.0))
+    torch.testing.assert_close(b.head.weight, 3 * a.head.weight)
