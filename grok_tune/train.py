@@ -259,7 +259,7 @@ class Trainer:
     def summary(self) -> Record:
         """Facts of the run that are not curves: recorded with its outcome."""
         return {
-            "batch_size": self.batch_size,
+            "effective_batch_size": self.batch_size,
             "num_params": self.model.num_params(),
             "decayed_params": self.decayed_params,
             "train_size": len(self.data.train_y),
