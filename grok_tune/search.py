@@ -133,8 +133,12 @@ def make_tuner(spec: StudySpec, storage: str, resume: bool) -> Any:
     shown = list(spec.distributions) or list(spec.fixed)
     reporter = tune.CLIReporter(
         parameter_columns=shown,
-        metric_columns={m.STEP: m.STEP, m.TRAIN_ACC: m.TRAIN_ACC, m.VAL_ACC: m.VAL_ACC,
-                        m.STATUS: "outcome"},
+        metric_columns={
+            m.STEP: m.STEP,
+            m.TRAIN_ACC: m.TRAIN_ACC,
+            m.VAL_ACC: m.VAL_ACC,
+            m.STATUS: "outcome",
+        },
         max_report_frequency=30,
     )
     return tune.Tuner(

@@ -176,7 +176,9 @@ class StudySpec(BaseModel):
     def _consistent(self) -> StudySpec:
         for key, param in self.params.items():
             if isinstance(param, Grid) and self.mode != "grid":
-                raise ValueError(f"params.{key}: grid needs mode: grid (use choice with {self.mode})")
+                raise ValueError(
+                    f"params.{key}: grid needs mode: grid (use choice with {self.mode})"
+                )
         if self.mode == "grid" and not any(isinstance(p, Grid) for p in self.params.values()):
             raise ValueError("mode grid needs at least one param given as {grid: [...]}")
         if self.mode == "optuna" and not self.distributions:
@@ -250,7 +252,8 @@ def parse_spec(data: Any, where: str = "<study>", **overrides: Any) -> StudySpec
 def load_spec(path: str | Path, **overrides: Any) -> StudySpec:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        with path.open() as f:
+            data = yaml.safe_load(f)
     except OSError as err:
         raise SpecError(f"{path}: cannot read the study file: {err.strerror}") from None
     except yaml.YAMLError as err:

@@ -41,12 +41,18 @@ def grokking_trial(config: dict[str, Any], checkpoint_every: int = 1000) -> None
         "node": platform.node(),
         **trainer.summary(),
     }
-    log = TrialLog(ctx.get_trial_dir(), {**cfg.model_dump(), **where}, trainer.step or None)
+    # a resumed trial re-logs what came after its checkpoint, which logged its own step
+    resume_step = trainer.step + 1 if checkpoint else None
+    log = TrialLog(ctx.get_trial_dir(), {**cfg.model_dump(), **where}, resume_step)
+
+    reported = False
 
     def on_eval(record: dict[str, Any], t: Trainer) -> None:
+        nonlocal reported
+        reported = True
         log.evaluation(record)
         metrics = {**record, **where}
-        if record[m.DONE] or record[m.STEP] % checkpoint_every == 0:
+        if record[m.DONE] or (record[m.STEP] and record[m.STEP] % checkpoint_every == 0):
             with tempfile.TemporaryDirectory() as d:
                 t.save(Path(d) / STATE_FILE)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
@@ -54,4 +60,8 @@ def grokking_trial(config: dict[str, Any], checkpoint_every: int = 1000) -> None
             tune.report(metrics)
 
     final = trainer.run(on_eval)
+    if not reported:
+        # restored from the final checkpoint of a run that ended after Tune's last snapshot of
+        # the study: nothing to train, but Tune must still hear the outcome
+        tune.report({**final, **where})
     log.finish(final)

@@ -1,0 +1,254 @@
+"""Studies end to end on a real local Ray (one session for all tests, see conftest.py)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from grok_tune import metrics as m
+from grok_tune import search
+from grok_tune.regions import REGION, Region
+from grok_tune.results import read_curves, read_trials
+
+from .conftest import TINY_PARAMS
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+def write_study(tmp_path: Path, **spec) -> Path:
+    path = tmp_path / f"{spec['name']}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+# lr 1e3 with weight decay 1 makes AdamW's decoupled decay multiply the weights by (1 - 1e3)
+# each step: they overflow within a few steps
+GRID = {
+    "name": "grid",
+    "mode": "grid",
+    "max_concurrent": 2,
+    "params": {
+        **TINY_PARAMS,
+        "frac": 0.7,
+        "steps": 1000,
+        "lr": {"grid": [1e-2, 1e3]},
+        "weight_decay": {"grid": [0.0, 1.0]},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def grid_study(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("grid")
+    assert search.main(["--space", str(write_study(tmp, **GRID)), "--storage", str(tmp)]) == 0
+    return tmp / "grid"
+
+
+def ray_results(study: Path):
+    from ray.tune import ExperimentAnalysis, ResultGrid
+
+    return {r.metrics["trial_id"]: r for r in ResultGrid(ExperimentAnalysis(str(study)))}
+
+
+def test_study_writes_every_output(grid_study):
+    assert (grid_study / "study.yaml").exists()
+    assert yaml.safe_load((grid_study / "study.yaml").read_text())["params"]["frac"] == 0.7
+    assert list(grid_study.glob("experiment_state-*.json"))
+    trials = read_trials(str(grid_study))
+    assert len(trials) == 4
+    for trial_dir in trials["trial_dir"]:
+        assert list(Path(trial_dir).glob("events.out.tfevents.*"))
+
+
+def test_outcomes_and_regions(grid_study):
+    trials = read_trials(str(grid_study)).set_index(["lr", "weight_decay"])
+    assert trials.loc[(1e-2, 1.0), m.STATUS] == m.Status.GENERALIZED
+    assert trials.loc[(1e-2, 1.0), REGION] in (Region.GROK, Region.GENERALIZE)
+    assert trials.loc[(1e-2, 0.0), m.STATUS] == m.Status.CENSORED
+    assert trials.loc[(1e-2, 0.0), REGION] == Region.MEMORIZE
+    assert pd.isna(trials.loc[(1e-2, 0.0), m.STEPS_TO_GENERALIZE])  # censored, not 1000
+    # the diverging trial is recorded as such, and the study went on
+    assert trials.loc[(1e3, 1.0), m.STATUS] == m.Status.DIVERGED
+    assert trials.loc[(1e3, 1.0), REGION] == Region.DIVERGED
+    assert trials.loc[(1e3, 0.0), m.STATUS] in (m.Status.CENSORED, m.Status.DIVERGED)
+    assert (trials["node"] != "").all() and (trials["device"] == "cpu").all()
+    assert trials["error"].isna().all()
+
+
+def test_parquet_agrees_with_ray_and_with_the_curves(grid_study):
+    trials = read_trials(str(grid_study)).set_index("trial_id")
+    curves = read_curves(str(grid_study))
+    results = ray_results(grid_study)
+    assert set(results) == set(trials.index) == set(curves["trial_id"])
+    for tid, result in results.items():
+        row, last = trials.loc[tid], result.metrics
+        assert row[m.STATUS] == last[m.STATUS]
+        assert row[m.STEP] == last[m.STEP]
+        assert row["lr"] == result.config["lr"]
+        for key in (m.STEPS_TO_MEMORIZE, m.STEPS_TO_GENERALIZE):
+            assert (pd.isna(row[key]) and last[key] is None) or row[key] == last[key]
+        curve = curves[curves["trial_id"] == tid].sort_values(m.STEP)
+        assert curve[m.STEP].is_unique and curve[m.STEP].iloc[-1] == row[m.STEP]
+        assert len(curve) == len(result.metrics_dataframe[m.STEP].unique())
+        if row[m.STATUS] != m.Status.DIVERGED:
+            assert curve[m.VAL_ACC].iloc[-1] == pytest.approx(row[m.VAL_ACC])
+            reached = curve.loc[curve[m.VAL_ACC] >= m.ACCURACY_THRESHOLD, m.STEP]
+            expected = reached.iloc[0] if len(reached) else None
+            assert (expected is None and pd.isna(row[m.STEPS_TO_GENERALIZE])) or (
+                row[m.STEPS_TO_GENERALIZE] == expected
+            )
+
+
+def test_tensorboard_scalars_and_hparams(grid_study):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata
+
+    trials = read_trials(str(grid_study))
+    curves = read_curves(str(grid_study))
+    for _, row in trials.iterrows():
+        acc = EventAccumulator(row["trial_dir"])
+        acc.Reload()
+        tags = set(acc.Tags()["scalars"])
+        assert {m.TRAIN_ACC, m.VAL_ACC, m.TRAIN_LOSS, m.VAL_LOSS, m.WEIGHT_NORM} <= tags
+        curve = curves[curves["trial_id"] == row["trial_id"]]
+        assert [e.step for e in acc.Scalars(m.VAL_ACC)] == curve[m.STEP].tolist()
+        assert (m.STEPS_TO_GENERALIZE in tags) == (row[m.STATUS] == m.Status.GENERALIZED)
+        content = acc.PluginTagToContent(metadata.PLUGIN_NAME)
+        start = metadata.parse_session_start_info_plugin_data(
+            content[metadata.SESSION_START_INFO_TAG]
+        )
+        assert start.hparams["lr"].number_value == row["lr"]
+        assert start.hparams["op"].string_value == "x+y"
+        assert metadata.SESSION_END_INFO_TAG in content
+
+
+def test_existing_study_is_not_overwritten(grid_study, capsys):
+    before = (grid_study / "trials.parquet").stat().st_mtime
+    with pytest.raises(SystemExit):
+        search.main(
+            [
+                "--space",
+                str(grid_study / "study.yaml"),
+                "--name",
+                "grid",
+                "--storage",
+                str(grid_study.parent),
+            ]
+        )
+    assert "already exists" in capsys.readouterr().err
+    assert (grid_study / "trials.parquet").stat().st_mtime == before
+
+
+def test_optuna_study_is_stored_beside_the_results(tmp_path):
+    import optuna
+
+    spec = {
+        "name": "tpe",
+        "mode": "optuna",
+        "num_samples": 3,
+        "max_concurrent": 2,
+        "params": {
+            **TINY_PARAMS,
+            "steps": 600,
+            "frac": {"uniform": [0.5, 0.8]},
+            "weight_decay": {"loguniform": [0.1, 3.0]},
+        },
+    }
+    assert (
+        search.main(["--space", str(write_study(tmp_path, **spec)), "--storage", str(tmp_path)])
+        == 0
+    )
+    study_dir = tmp_path / "tpe"
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(study_dir / "optuna.journal"))
+    )
+    study = optuna.load_study(study_name="tpe", storage=storage)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    trials = read_trials(str(study_dir))
+    assert len(done) == len(trials) == 3
+    assert sorted(t.value for t in done) == pytest.approx(sorted(trials[m.OBJECTIVE]))
+    assert sorted(t.params["frac"] for t in done) == pytest.approx(sorted(trials["frac"]))
+    assert trials["frac"].between(0.5, 0.8).all()
+
+
+# --- resume ----------------------------------------------------------------------------------
+RESUMABLE = {
+    "name": "resumable",
+    "mode": "grid",
+    "max_concurrent": 2,
+    "checkpoint_every": 100,
+    "params": {
+        **TINY_PARAMS,
+        "steps": 900,
+        "dropout": 0.05,  # exercises the RNG state in checkpoints
+        "stop_after_generalized": None,  # every trial runs its whole budget
+        "frac": {"grid": [0.5, 0.7]},
+        "weight_decay": {"grid": [0.3, 1.0]},
+    },
+}
+OUTCOME = [
+    "frac",
+    "weight_decay",
+    m.STATUS,
+    m.STEPS_TO_MEMORIZE,
+    m.STEPS_TO_GENERALIZE,
+    m.STEP,
+    m.TRAIN_ACC,
+    m.VAL_ACC,
+    m.TRAIN_LOSS,
+    m.VAL_LOSS,
+    m.WEIGHT_NORM,
+]
+
+
+def outcomes(study: Path) -> pd.DataFrame:
+    return read_trials(str(study))[OUTCOME].sort_values(["frac", "weight_decay"], ignore_index=True)
+
+
+def test_killed_study_resumes_to_the_same_outcomes(tmp_path, ray_session):
+    reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
+    space = write_study(tmp_path, **RESUMABLE)
+    assert search.main(["--space", str(space), "--storage", str(reference_dir)]) == 0
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "grok_tune.search",
+        "--space",
+        str(space),
+        "--storage",
+        str(killed_dir),
+        "--address",
+        ray_session,
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"},
+    )
+    study = killed_dir / "resumable"
+    deadline = time.monotonic() + 240
+    # kill once some trial has a checkpoint but the study is not done
+    while time.monotonic() < deadline and not list(study.glob("*/checkpoint_*")):
+        time.sleep(0.2)
+    time.sleep(1.5)
+    assert proc.poll() is None, "the study finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (study / "trials.parquet").exists()
+
+    assert search.main(["--resume", "--name", "resumable", "--storage", str(killed_dir)]) == 0
+    resumed = read_trials(str(study))
+    assert len(resumed) == 4 and resumed["trial_id"].is_unique
+    assert (resumed[m.STATUS] != m.Status.RUNNING).all()
+    # bit-for-bit resume on CPU: the same outcomes as the study never killed
+    pd.testing.assert_frame_equal(outcomes(study), outcomes(reference_dir / "resumable"))
+    curves = read_curves(str(study))
+    assert not curves.duplicated(["trial_id", m.STEP]).any()
