@@ -10,9 +10,10 @@ Censored trials stay censored: "never generalized within its budget" is never re
 "generalized at the budget". The gap rule is a setting. Liu et al. call it grokking when more
 than 10³ steps separate the two events ("steps"); that depends on the budget and the task (a
 small model on a tiny table generalizes within 10³ steps whatever it does), so the default,
-"ratio", calls it grokking when generalizing took more than ``min_ratio`` (3) times as many steps
-as memorizing: scale-free, and it agrees with Power et al.'s examples (x/y mod 97 at 50% data,
-memorized by step ~500 and generalized near 2,000-4,000, groks; at 80% it does not). The accuracy threshold defaults to Power et al.'s 0.99 (Liu et al. used 0.9).
+"ratio", calls it grokking when generalizing took more than ``min_ratio`` (3) times as many
+steps as memorizing: scale-free, and it agrees with Power et al.'s examples (x/y mod 97 at 50%
+data, memorized by step ~500 and generalized near 2,000-4,000, groks; at 80% it does not).
+The accuracy threshold defaults to Power et al.'s 0.99 (Liu et al. used 0.9).
 """
 
 from __future__ import annotations
@@ -74,6 +75,9 @@ class RegionRule:
         return Region.GROK if late else Region.GENERALIZE
 
 
+DEFAULT_RULE = RegionRule()
+
+
 def _missing(x: float | None) -> bool:
     return x is None or (isinstance(x, float) and np.isnan(x)) or x is pd.NA
 
@@ -85,7 +89,7 @@ def first_step_reaching(steps: pd.Series, acc: pd.Series, threshold: float) -> f
 
 
 def classify_trials(
-    trials: pd.DataFrame, curves: pd.DataFrame | None = None, rule: RegionRule = RegionRule()
+    trials: pd.DataFrame, curves: pd.DataFrame | None = None, rule: RegionRule = DEFAULT_RULE
 ) -> pd.DataFrame:
     """Add ``region`` and ``region_rule`` to a trials table (rows of trials.parquet).
 

@@ -19,7 +19,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from grok_tune import metrics as m
-from grok_tune.regions import REGION, REGION_RULE, RegionRule, classify_trials
+from grok_tune.regions import DEFAULT_RULE, REGION, REGION_RULE, RegionRule, classify_trials
 from grok_tune.train import TrainConfig
 
 TRIALS_FILE = "trials.parquet"
@@ -119,7 +119,7 @@ def curve_rows(result: Any) -> pd.DataFrame:
     return curve[columns].drop_duplicates(subset=[m.STEP], keep="last").sort_values(m.STEP)
 
 
-def tables(results: Any, rule: RegionRule = RegionRule()) -> tuple[pa.Table, pa.Table]:
+def tables(results: Any, rule: RegionRule = DEFAULT_RULE) -> tuple[pa.Table, pa.Table]:
     """(trials, curves) Arrow tables from a ray.tune ResultGrid (or any list of Results)."""
     trials = pd.DataFrame([trial_row(r) for r in results], columns=TRIALS_SCHEMA.names)
     curve_frames = [curve_rows(r) for r in results]
@@ -144,7 +144,7 @@ def write_atomic(table: pa.Table, uri: str) -> None:
     fs.move(tmp, path)
 
 
-def write_results(results: Any, study_uri: str, rule: RegionRule = RegionRule()) -> dict[str, str]:
+def write_results(results: Any, study_uri: str, rule: RegionRule = DEFAULT_RULE) -> dict[str, str]:
     trials, curves = tables(results, rule)
     paths = {"trials": f"{study_uri}/{TRIALS_FILE}", "curves": f"{study_uri}/{CURVES_FILE}"}
     write_atomic(curves, paths["curves"])
