@@ -4,9 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
-STUDY_DIR ?= results/demo
+RESULTS ?= results
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint clean
 
 venv: $(STAMP)
 
@@ -19,8 +19,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The demo starts afresh each time in $(RESULTS)/demo: the study, then its region map and figures.
 demo: $(STAMP)
-	$(PY) -m grok_tune.search --space search_spaces/default.yaml --storage $(abspath $(STUDY_DIR))
+	rm -rf $(RESULTS)/demo
+	$(PY) -m grok_tune.search --space search_spaces/default.yaml --name demo --storage $(RESULTS)
+	$(PY) -m analysis $(RESULTS)/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

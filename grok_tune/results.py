@@ -44,6 +44,7 @@ _OUTCOME_COLUMNS: dict[str, pa.DataType] = {
     "wall_time_s": pa.float64(),
     "node": pa.string(),
     "node_ip": pa.string(),
+    "node_id": pa.string(),
     "device": pa.string(),
     "threads": pa.int64(),
     "effective_batch_size": pa.int64(),

@@ -25,6 +25,7 @@ from grok_tune.space import Distribution, Grid, SpecError, StudySpec, load_spec,
 DEFAULT_STORAGE = "~/grok_tune_results"
 STUDY_FILE = "study.yaml"
 OPTUNA_FILE = "optuna.journal"
+AUTOSCALE_CONCURRENCY = 8
 
 
 def is_uri(storage: str) -> bool:
@@ -75,15 +76,21 @@ def param_space(spec: StudySpec) -> dict[str, Any]:
 
 
 def _concurrency(spec: StudySpec) -> int:
+    """Trials at once: what fits the cluster now, or what may fit one that scales up."""
     import ray
 
     if spec.max_concurrent:
         return spec.max_concurrent
     resources = ray.cluster_resources()
-    slots = int(resources.get("CPU", 1) // spec.cpus_per_trial)
+    slots = int(resources.get("CPU", 0) // spec.cpus_per_trial)
     if spec.gpus_per_trial:
         slots = min(slots, int(resources.get("GPU", 0) // spec.gpus_per_trial))
-    return max(1, slots)
+    if slots == 0:
+        # nothing fits yet: an autoscaling cluster adds nodes for trials that wait, so let some
+        # wait (--max-concurrent sets the number)
+        print(f"no node fits a trial yet: queueing {AUTOSCALE_CONCURRENCY} (set --max-concurrent)")
+        return AUTOSCALE_CONCURRENCY
+    return slots
 
 
 def _optuna_storage(spec: StudySpec, uri: str) -> Any:
@@ -157,6 +164,8 @@ def make_tuner(spec: StudySpec, storage: str, resume: bool) -> Any:
             storage_path=storage if is_uri(storage) else str(Path(storage).expanduser().resolve()),
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            # the trial directory's TensorBoard files go to the (cloud) storage with the results
+            sync_config=tune.SyncConfig(sync_artifacts=True),
             # Tune's TensorBoard logger is replaced by grok_tune's own (same tags as Parquet);
             # the JSON and CSV loggers stay: Ray's results read them
             callbacks=[JsonLoggerCallback(), CSVLoggerCallback()],

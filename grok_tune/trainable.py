@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
@@ -39,6 +40,7 @@ def grokking_trial(config: dict[str, Any], checkpoint_every: int = 1000) -> None
     where = {
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "node": platform.node(),
+        "node_id": ray.get_runtime_context().get_node_id(),
         **trainer.summary(),
     }
     # a resumed trial re-logs what came after its checkpoint, which logged its own step

@@ -1,0 +1,281 @@
+"""What every analysis command shares: loading a study, the region-rule options, colours, output.
+
+A command is ``python -m analysis.NAME STUDY_DIR [--out DIR] [region-rule options] ...``: it
+writes PNGs into ``STUDY_DIR/figures`` (or ``--out``) and prints their paths. Bad input (no
+results, an unknown column or trial) raises ``AnalysisError``; the commands turn it into exit
+status 2 with the message.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_rgb
+from matplotlib.figure import Figure
+
+from grok_tune import metrics as m
+from grok_tune.regions import (
+    DEFAULT_RULE,
+    REGION,
+    REGION_RULE,
+    Region,
+    RegionRule,
+    classify_trials,
+    first_step_reaching,
+)
+from grok_tune.results import CONFIG_SCHEMA, TRIAL_ID, TRIALS_FILE, read_curves, read_trials
+from grok_tune.search import OPTUNA_FILE, STUDY_FILE
+from grok_tune.space import (
+    Choice,
+    Grid,
+    IntRange,
+    LogUniform,
+    SpecError,
+    StudySpec,
+    Uniform,
+    parse_spec,
+)
+
+FIGURES_DIR = "figures"
+CONFIG_COLUMNS: tuple[str, ...] = tuple(name for name, _ in CONFIG_SCHEMA)
+SEED = "seed"  # repeats of a setting, never an axis of its own by default
+FRAC = "frac"
+# an axis with more distinct values than this is drawn as points, not as cells
+MAX_CATEGORIES = 15
+
+# Colour-blind-safe (ColorBrewer PuOr/Dark2 picks); grey for no learning, dark for broken runs.
+REGION_COLORS: dict[Region, str] = {
+    Region.CONFUSION: "#bababa",
+    Region.MEMORIZE: "#e66101",
+    Region.GROK: "#5e3c99",
+    Region.GENERALIZE: "#1b9e77",
+    Region.DIVERGED: "#404040",
+}
+NO_RESULT_COLOR = "#ffffff"  # a cell whose trials all errored or are still running
+
+
+class AnalysisError(ValueError):
+    """Input an analysis cannot use; the message says what is wrong and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Drawn:
+    """A figure written, with what it shows, so that callers and tests can check it."""
+
+    path: Path
+    n_cells: int = 0
+    n_points: int = 0
+    n_lines: int = 0
+
+
+@dataclass
+class Study:
+    path: Path
+    trials: pd.DataFrame
+    spec: StudySpec | None
+    rule: RegionRule = DEFAULT_RULE
+    _curves: pd.DataFrame | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name if self.spec else self.path.name
+
+    @property
+    def is_optuna(self) -> bool:
+        return (self.path / OPTUNA_FILE).exists()
+
+    @cached_property
+    def curves(self) -> pd.DataFrame:
+        if self._curves is not None:
+            return self._curves
+        try:
+            return read_curves(str(self.path))
+        except FileNotFoundError:
+            raise AnalysisError(
+                f"{self.path}: no curves.parquet: run python -m grok_tune.search first"
+            ) from None
+
+    @property
+    def finished(self) -> pd.DataFrame:
+        """Trials with a final region: not errored, not still running."""
+        done = self.trials[REGION].notna() & (self.trials[m.STATUS] != m.Status.RUNNING)
+        return self.trials[done]
+
+    def varying(self) -> list[str]:
+        """Settings that take more than one value among the trials, in TrainConfig's order."""
+        return [c for c in CONFIG_COLUMNS if c in self.trials and self.trials[c].nunique() > 1]
+
+    def searched(self) -> list[str]:
+        """The study file's distributions, or (without one) every setting that varies."""
+        if self.spec is None:
+            return self.varying()
+        return [c for c in self.spec.distributions if c in self.trials]
+
+    def is_discrete(self, name: str) -> bool:
+        """Whether a setting's values are a few categories (cells) or a continuum (points)."""
+        column = self.trials[name]
+        if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+            return True
+        dist = self.spec.params.get(name) if self.spec else None
+        if isinstance(dist, Grid | Choice):
+            return True
+        if isinstance(dist, IntRange):
+            return dist.int[1] - dist.int[0] < MAX_CATEGORIES
+        if isinstance(dist, LogUniform | Uniform):
+            return False
+        if self.spec is not None and name in self.spec.params:
+            return True  # fixed
+        n = column.nunique()
+        # without the study file: a grid repeats its values, a sampler does not
+        return n <= MAX_CATEGORIES and 2 * n <= len(column)
+
+    def check_columns(self, names: Sequence[str], allowed: Sequence[str] = CONFIG_COLUMNS) -> None:
+        unknown = [n for n in names if n not in allowed or n not in self.trials]
+        if unknown:
+            raise AnalysisError(
+                f"unknown column {', '.join(map(repr, unknown))}; "
+                f"allowed: {', '.join(a for a in allowed if a in self.trials)}"
+            )
+
+    def groups(self, exclude: Sequence[str]) -> list[str]:
+        """Discrete varying settings other than ``exclude`` and the seed: one line or row each."""
+        return [c for c in self.varying() if c not in (*exclude, SEED) and self.is_discrete(c)]
+
+
+def load_study(path: str | Path, rule: RegionRule = DEFAULT_RULE) -> Study:
+    """Read a study directory's trials (and its study file), with regions under ``rule``."""
+    path = Path(path)
+    if not (path / TRIALS_FILE).is_file():
+        raise AnalysisError(
+            f"{path}: no {TRIALS_FILE}: run python -m grok_tune.search first"
+            + ("" if path.is_dir() else " (no such directory)")
+        )
+    study = Study(path, read_trials(str(path)), _read_spec(path), rule)
+    if rule != DEFAULT_RULE or (study.trials[REGION_RULE] != rule.describe()).any():
+        study.trials = reclassify(study.trials, study.curves, rule)
+    return study
+
+
+def _read_spec(path: Path) -> StudySpec | None:
+    file = path / STUDY_FILE
+    if not file.is_file():
+        return None
+    try:
+        return parse_spec(yaml.safe_load(file.read_text()), str(file))
+    except (SpecError, yaml.YAMLError):
+        return None  # an older or hand-edited file: fall back to what the trials show
+
+
+def reclassify(trials: pd.DataFrame, curves: pd.DataFrame, rule: RegionRule) -> pd.DataFrame:
+    """Regions (and, at another threshold, the events they rest on) under ``rule``.
+
+    The events are re-derived here too, so that every figure marks and counts the same steps
+    the regions were decided on; a run stopped early stays censored at a stricter threshold.
+    """
+    out = trials.copy()
+    if rule.threshold != m.ACCURACY_THRESHOLD:
+        by_trial = {t: c.sort_values(m.STEP) for t, c in curves.groupby(TRIAL_ID)}
+        for event, acc in ((m.STEPS_TO_MEMORIZE, m.TRAIN_ACC), (m.STEPS_TO_GENERALIZE, m.VAL_ACC)):
+            steps = [
+                first_step_reaching(c[m.STEP], c[acc], rule.threshold) if c is not None else None
+                for c in map(by_trial.get, out[TRIAL_ID])
+            ]
+            out[event] = pd.array(steps, dtype="Int64")
+    return classify_trials(out, curves, rule)
+
+
+# --- the commands' shared parts -----------------------------------------------------------------
+def base_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {prog}",
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("study", type=Path, metavar="STUDY_DIR", help="a study directory")
+    parser.add_argument("--out", type=Path, help=f"output folder (default STUDY_DIR/{FIGURES_DIR})")
+    add_rule_options(parser)
+    return parser
+
+
+def add_rule_options(parser: argparse.ArgumentParser) -> None:
+    rule = parser.add_argument_group("region rule (grok_tune.regions; defaults as recorded)")
+    rule.add_argument("--threshold", type=float, default=DEFAULT_RULE.threshold)
+    rule.add_argument("--gap", choices=("ratio", "steps"), default=DEFAULT_RULE.gap)
+    rule.add_argument("--min-ratio", type=float, default=DEFAULT_RULE.min_ratio)
+    rule.add_argument("--min-gap-steps", type=int, default=DEFAULT_RULE.min_gap_steps)
+
+
+def rule_from_args(args: argparse.Namespace) -> RegionRule:
+    return RegionRule(
+        threshold=args.threshold,
+        gap=args.gap,
+        min_gap_steps=args.min_gap_steps,
+        min_ratio=args.min_ratio,
+    )
+
+
+def run_command(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    body: Callable[[Study, argparse.Namespace], Sequence[Path]],
+) -> int:
+    """Parse, load the study, run ``body``, print the paths it wrote; errors exit with 2."""
+    args = parser.parse_args(argv)
+    try:
+        rule = rule_from_args(args)
+    except ValueError as err:  # RegionRule's own checks, naming the option's value
+        parser.error(str(err))
+    try:
+        paths = body(load_study(args.study, rule), args)
+    except AnalysisError as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    for path in paths:
+        print(path)
+    return 0
+
+
+def figure_path(study: Study, out: Path | None, name: str) -> Path:
+    folder = out if out is not None else study.path / FIGURES_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / name
+
+
+# --- drawing ------------------------------------------------------------------------------------
+def new_figure(width: float, height: float) -> Figure:
+    """A figure on the Agg canvas: no pyplot, so no GUI backend and no global figure list."""
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def text_color(background: str) -> str:
+    r, g, b = to_rgb(background)
+    return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
+
+
+def fmt(value: Any) -> str:
+    """A setting's value as labels show it."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def describe_settings(row: pd.Series, names: Sequence[str]) -> str:
+    return ", ".join(f"{n}={fmt(row[n])}" for n in names)
+
+
+def title(study: Study, what: str) -> str:
+    return f"{study.name}: {what}\nregions: {study.rule.describe()}"
