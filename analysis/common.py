@@ -17,21 +17,29 @@ from typing import Any
 
 import pandas as pd
 import yaml
+from matplotlib.axis import Axis
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from grok_tune import metrics as m
 from grok_tune.regions import (
     DEFAULT_RULE,
     REGION,
     REGION_RULE,
+    REGIONS,
     Region,
     RegionRule,
     classify_trials,
-    first_step_reaching,
 )
-from grok_tune.results import CONFIG_SCHEMA, TRIAL_ID, TRIALS_FILE, read_curves, read_trials
+from grok_tune.results import (
+    CONFIG_SCHEMA,
+    CURVES_FILE,
+    TRIALS_FILE,
+    read_curves,
+    read_trials,
+)
 from grok_tune.search import OPTUNA_FILE, STUDY_FILE
 from grok_tune.space import (
     Choice,
@@ -46,8 +54,12 @@ from grok_tune.space import (
 
 FIGURES_DIR = "figures"
 CONFIG_COLUMNS: tuple[str, ...] = tuple(name for name, _ in CONFIG_SCHEMA)
+# TrainConfig fields the analyses treat specially (tests check they are fields)
 SEED = "seed"  # repeats of a setting, never an axis of its own by default
 FRAC = "frac"
+OP = "op"
+MODULUS = "p"
+BUDGET = "steps"
 # an axis with more distinct values than this is drawn as points, not as cells
 MAX_CATEGORIES = 15
 
@@ -59,6 +71,7 @@ REGION_COLORS: dict[Region, str] = {
     Region.GENERALIZE: "#1b9e77",
     Region.DIVERGED: "#404040",
 }
+LEARNED = (Region.GROK, Region.GENERALIZE)  # the regions whose trials generalized
 NO_RESULT_COLOR = "#ffffff"  # a cell whose trials all errored or are still running
 
 
@@ -82,7 +95,6 @@ class Study:
     trials: pd.DataFrame
     spec: StudySpec | None
     rule: RegionRule = DEFAULT_RULE
-    _curves: pd.DataFrame | None = None
 
     @property
     def name(self) -> str:
@@ -94,14 +106,12 @@ class Study:
 
     @cached_property
     def curves(self) -> pd.DataFrame:
-        if self._curves is not None:
-            return self._curves
-        try:
-            return read_curves(str(self.path))
-        except FileNotFoundError:
+        """Read on first use: most figures need only the trials."""
+        if not (self.path / CURVES_FILE).is_file():
             raise AnalysisError(
-                f"{self.path}: no curves.parquet: run python -m grok_tune.search first"
-            ) from None
+                f"{self.path}: no {CURVES_FILE}: run python -m grok_tune.search first"
+            )
+        return read_curves(str(self.path))
 
     @property
     def finished(self) -> pd.DataFrame:
@@ -150,6 +160,13 @@ class Study:
         return [c for c in self.varying() if c not in (*exclude, SEED) and self.is_discrete(c)]
 
 
+def majority(regions: pd.Series) -> tuple[Region, int]:
+    """The most common region among repeats, ties to the first in REGIONS order, and its count."""
+    counts = regions.value_counts()
+    best = int(counts.max())
+    return next(r for r in REGIONS if counts.get(r, 0) == best), best
+
+
 def load_study(path: str | Path, rule: RegionRule = DEFAULT_RULE) -> Study:
     """Read a study directory's trials (and its study file), with regions under ``rule``."""
     path = Path(path)
@@ -175,21 +192,8 @@ def _read_spec(path: Path) -> StudySpec | None:
 
 
 def reclassify(trials: pd.DataFrame, curves: pd.DataFrame, rule: RegionRule) -> pd.DataFrame:
-    """Regions (and, at another threshold, the events they rest on) under ``rule``.
-
-    The events are re-derived here too, so that every figure marks and counts the same steps
-    the regions were decided on; a run stopped early stays censored at a stricter threshold.
-    """
-    out = trials.copy()
-    if rule.threshold != m.ACCURACY_THRESHOLD:
-        by_trial = {t: c.sort_values(m.STEP) for t, c in curves.groupby(TRIAL_ID)}
-        for event, acc in ((m.STEPS_TO_MEMORIZE, m.TRAIN_ACC), (m.STEPS_TO_GENERALIZE, m.VAL_ACC)):
-            steps = [
-                first_step_reaching(c[m.STEP], c[acc], rule.threshold) if c is not None else None
-                for c in map(by_trial.get, out[TRIAL_ID])
-            ]
-            out[event] = pd.array(steps, dtype="Int64")
-    return classify_trials(out, curves, rule)
+    """Regions (and, at another threshold, the events they rest on) under ``rule``."""
+    return classify_trials(trials, curves, rule)
 
 
 # --- the commands' shared parts -----------------------------------------------------------------
@@ -206,11 +210,22 @@ def base_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
 
 
 def add_rule_options(parser: argparse.ArgumentParser) -> None:
-    rule = parser.add_argument_group("region rule (grok_tune.regions; defaults as recorded)")
-    rule.add_argument("--threshold", type=float, default=DEFAULT_RULE.threshold)
-    rule.add_argument("--gap", choices=("ratio", "steps"), default=DEFAULT_RULE.gap)
-    rule.add_argument("--min-ratio", type=float, default=DEFAULT_RULE.min_ratio)
-    rule.add_argument("--min-gap-steps", type=int, default=DEFAULT_RULE.min_gap_steps)
+    d = DEFAULT_RULE
+    rule = parser.add_argument_group("region rule (grok_tune.regions)")
+    rule.add_argument(
+        "--threshold", type=float, default=d.threshold,
+        help=f"accuracy that counts as memorized / generalized (default {d.threshold:g}); "
+        "another value re-derives both events from the curves",
+    )  # fmt: skip
+    rule.add_argument(
+        "--gap", choices=("ratio", "steps"), default=d.gap,
+        help=f"grok: generalized more than --min-ratio times as late as memorized (ratio), or "
+        f"more than --min-gap-steps later (steps); default {d.gap}",
+    )  # fmt: skip
+    rule.add_argument("--min-ratio", type=float, default=d.min_ratio, help=f"default {d.min_ratio}")
+    rule.add_argument(
+        "--min-gap-steps", type=int, default=d.min_gap_steps, help=f"default {d.min_gap_steps}"
+    )
 
 
 def rule_from_args(args: argparse.Namespace) -> RegionRule:
@@ -261,6 +276,18 @@ def save(fig: Figure, path: Path) -> Path:
     return path
 
 
+def plain_log_axis(axis: Axis, steps: bool = False) -> None:
+    """A log axis labelled with plain numbers (1,000, not 10³), with 2s and 5s within 2 decades.
+
+    Call it once the data are drawn: the ticks follow the view's range at that moment.
+    """
+    lo, hi = sorted(axis.get_view_interval())
+    narrow = lo > 0 and hi / lo < 100
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if narrow else (1.0,)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if steps else f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def text_color(background: str) -> str:
     r, g, b = to_rgb(background)
     return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
@@ -269,7 +296,7 @@ def text_color(background: str) -> str:
 def fmt(value: Any) -> str:
     """A setting's value as labels show it."""
     if isinstance(value, float):
-        return f"{value:g}"
+        return f"{value:.4g}"  # sampled values: 0.7818, not 0.781831
     return str(value)
 
 

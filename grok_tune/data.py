@@ -17,8 +17,10 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 S5_PREFIX = "S5:"
 
@@ -41,7 +43,7 @@ _ZP_OPS: dict[str, tuple[Callable[[int, int, int], int | None], bool]] = {
 Perm = tuple[int, ...]
 
 
-def _compose(f: Perm, g: Perm) -> Perm:
+def compose(f: Perm, g: Perm) -> Perm:
     """(f·g)(i) = f(g(i)): g acts first, as in function composition."""
     return tuple(f[i] for i in g)
 
@@ -54,9 +56,9 @@ def _inverse(f: Perm) -> Perm:
 
 
 _S5_OPS: dict[str, Callable[[Perm, Perm], Perm]] = {
-    "x*y": lambda x, y: _compose(x, y),
-    "x*y*x^-1": lambda x, y: _compose(_compose(x, y), _inverse(x)),
-    "x*y*x": lambda x, y: _compose(_compose(x, y), x),
+    "x*y": lambda x, y: compose(x, y),
+    "x*y*x^-1": lambda x, y: compose(compose(x, y), _inverse(x)),
+    "x*y*x": lambda x, y: compose(compose(x, y), x),
 }
 
 OPERATIONS: tuple[str, ...] = (*_ZP_OPS, *(S5_PREFIX + name for name in _S5_OPS))
@@ -110,6 +112,8 @@ def _table(op: str, p: int) -> tuple[tuple[int, int, int], ...]:
 
 def equations(op: str, p: int) -> torch.Tensor:
     """All equations of the operation as an (N, 3) tensor of (a, b, c), a-major order."""
+    import torch
+
     return torch.tensor(_table(op, p), dtype=torch.long)
 
 
@@ -124,6 +128,8 @@ def split_mask(op: str, p: int, frac: float, seed: int) -> torch.Tensor:
     same on every machine and every torch/numpy version; for one seed a smaller fraction's
     training set is a subset of a larger one's, which keeps fraction sweeps comparable.
     """
+    import torch
+
     if not 0.0 < frac < 1.0:
         raise ValueError(f"frac = {frac}: the training fraction must lie strictly in (0, 1)")
     table = _table(op, p)
@@ -156,6 +162,8 @@ class Dataset:
 
 
 def make_dataset(op: str, p: int, frac: float, seed: int) -> Dataset:
+    import torch
+
     eq = equations(op, p)
     mask = split_mask(op, p, frac, seed)
     n = num_elements(op, p)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import math
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+if TYPE_CHECKING:  # names and rules load without torch (analysis needs only them)
+    import torch
+    from torch import nn
 
 STEP = "step"
 TRAIN_ACC = "train_acc"
@@ -44,12 +45,15 @@ class Status(StrEnum):
     ERROR = "error"  # the trial raised; set by the study service, never by the engine
 
 
-@torch.inference_mode()
 def accuracy_and_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     """Accuracy and mean cross-entropy on a whole split, dropout off."""
+    import torch
+    import torch.nn.functional as F
+
     was_training = model.training
     model.eval()
-    logits = model(x)
+    with torch.inference_mode():
+        logits = model(x)
     model.train(was_training)
     loss = F.cross_entropy(logits, y)
     acc = (logits.argmax(dim=1) == y).float().mean()
@@ -58,6 +62,8 @@ def accuracy_and_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tup
 
 def weight_norm(model: nn.Module) -> float:
     """L2 norm of all parameters together: Omnigrok's order parameter for the phases."""
+    import torch
+
     norms = torch._foreach_norm([p.detach() for p in model.parameters()])
     return float(torch.linalg.vector_norm(torch.stack(norms)))
 
@@ -69,6 +75,8 @@ def fourier_sparsity(embedding: torch.Tensor, k: int = FOURIER_KEY_FREQUENCIES) 
     energy evenly (about 2k/p); a grokked one concentrates it in a few key frequencies, and this
     rises before validation accuracy moves.
     """
+    import torch
+
     p = embedding.shape[0]
     spectrum = torch.fft.rfft(embedding.detach().float(), dim=0).abs().pow(2).sum(dim=1)
     # rfft keeps one of each mirrored pair (f, p - f): count those twice (Parseval)

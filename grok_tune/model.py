@@ -8,17 +8,12 @@ Nanda et al.'s 1-layer model without LayerNorm is ``ModelConfig(n_layers=1, laye
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Which parameters AdamW's weight decay touches is a research variable, not a detail:
-#   all                         every parameter, as in Power et al.'s AdamW(model.parameters())
-#   matrices                    2-D weights incl. embeddings, not biases or norm gains (nanoGPT)
-#   matrices_except_embeddings  2-D weights of the blocks and the head only
-DecayScope = Literal["all", "matrices", "matrices_except_embeddings"]
+from grok_tune.config import DecayScope
 
 
 @dataclass

@@ -94,7 +94,9 @@ def classify_trials(
     """Add ``region`` and ``region_rule`` to a trials table (rows of trials.parquet).
 
     At the default threshold the recorded events are used; at another one they are re-derived
-    from the curves (the first evaluation at or above it), so ``curves`` is needed then.
+    from the curves (the first evaluation at or above it, so ``curves`` is needed) and replace
+    the steps columns, so that what a figure marks is what the region rests on. A run stopped
+    after holding 0.99 stays censored at a stricter threshold it never reached.
     """
     out = trials.copy()
     mem, gen = out[m.STEPS_TO_MEMORIZE], out[m.STEPS_TO_GENERALIZE]
@@ -110,6 +112,8 @@ def classify_trials(
 
         mem = pd.Series([event(t, m.TRAIN_ACC) for t in out["trial_id"]], index=out.index)
         gen = pd.Series([event(t, m.VAL_ACC) for t in out["trial_id"]], index=out.index)
+        out[m.STEPS_TO_MEMORIZE] = mem.astype("Int64")
+        out[m.STEPS_TO_GENERALIZE] = gen.astype("Int64")
     status = out[m.STATUS].astype(str)
     regions = [
         None if s == m.Status.ERROR else str(rule.classify(a, b, s == m.Status.DIVERGED))

@@ -19,8 +19,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from grok_tune import metrics as m
+from grok_tune.config import TrainConfig
 from grok_tune.regions import DEFAULT_RULE, REGION, REGION_RULE, RegionRule, classify_trials
-from grok_tune.train import TrainConfig
 
 TRIALS_FILE = "trials.parquet"
 CURVES_FILE = "curves.parquet"

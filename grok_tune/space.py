@@ -35,7 +35,7 @@ from pydantic import (
 )
 
 from grok_tune import metrics as m
-from grok_tune.train import TrainConfig
+from grok_tune.config import TrainConfig
 
 Scalar = bool | int | float | str | None
 

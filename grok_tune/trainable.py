@@ -18,9 +18,7 @@ from ray import tune
 
 from grok_tune import metrics as m
 from grok_tune.tensorboard_log import TrialLog
-from grok_tune.train import TrainConfig, Trainer
-
-STATE_FILE = "trainer.pt"
+from grok_tune.train import STATE_FILE, TrainConfig, Trainer
 
 
 def grokking_trial(config: dict[str, Any], checkpoint_every: int = 1000) -> None:

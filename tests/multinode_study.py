@@ -24,9 +24,11 @@ def trial_with_checkpoint_on(node_id: str, study: Path) -> bool:
         result = trial_dir / "result.json"
         if list(trial_dir.glob("checkpoint_*")) and result.exists():
             lines = result.read_text().splitlines()
-            if lines and json.loads(lines[-1]).get("node_id") == node_id and not json.loads(
-                lines[-1]
-            ).get("done_training"):
+            if (
+                lines
+                and json.loads(lines[-1]).get("node_id") == node_id
+                and not json.loads(lines[-1]).get("done_training")
+            ):
                 return True
     return False
 

@@ -71,7 +71,8 @@ def test_killed_worker_trials_finish_on_the_survivor(spread, tmp_path):
     assert set(trials["node_id"]) == {info["head"]}
     moved = []
     for trial_dir in trials["trial_dir"]:
-        nodes = {json.loads(line).get("node_id") for line in open(Path(trial_dir) / "result.json")}
+        lines = (Path(trial_dir) / "result.json").read_text().splitlines()
+        nodes = {json.loads(line).get("node_id") for line in lines}
         if nodes == {info["head"], info["worker"]}:
             moved.append(trial_dir)
     assert moved

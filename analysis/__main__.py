@@ -1,0 +1,57 @@
+"""``python -m analysis STUDY_DIR``: every analysis that applies to the study, in one go.
+
+The summary, the region map and the accuracy curves always; the fraction curve when the study
+varies the training fraction; the output-layer t-SNE (``--mod auto``) when a trial has a
+checkpoint; Optuna's importances for an Optuna study. Prints where everything went.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from analysis import curves, embeddings, fraction_curve, importance, phase_map, summary
+from analysis.common import FRAC, AnalysisError, Study, base_parser, run_command
+
+
+def _optional(what: str, draw: Callable[[], Path]) -> list[Path]:
+    """A figure that may not apply to this study: a note instead of a failure."""
+    try:
+        return [draw()]
+    except AnalysisError as err:
+        print(f"skipped {what}: {err}")
+        return []
+
+
+def run_all(study: Study, out: Path | None = None) -> list[Path]:
+    paths = [summary.write_summary(study, out)]
+    paths.append(phase_map.plot_phase_map(study, out=out).path)
+    paths.append(curves.plot_curves(study, out=out).path)
+    if study.trials[FRAC].nunique() > 1:
+        print(fraction_curve.format_table(fraction_curve.fraction_table(study)))
+        paths.append(fraction_curve.plot_fraction_curve(study, out=out).path)
+    paths += _optional(
+        "embeddings",
+        lambda: embeddings.plot_embeddings(study, mod=embeddings.AUTO, out=out).path,
+    )
+    if study.is_optuna:
+        paths += _optional("importance", lambda: importance.plot_importance(study, out).path)
+    return paths
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return base_parser("analysis", __doc__)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    def body(study: Study, args: argparse.Namespace) -> list[Path]:
+        paths = run_all(study, args.out)
+        print(f"\n{study.name}: {len(paths)} files written:")
+        return paths
+
+    return run_command(build_parser(), argv, body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

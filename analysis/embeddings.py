@@ -1,0 +1,218 @@
+"""t-SNE of the output layer's weights, one point per answer: Power et al.'s Figure 3.
+
+    python -m analysis.embeddings STUDY_DIR [--trial ID] [--mod K] [--perplexity P]
+
+The rows of ``head.weight`` in a trial's latest checkpoint (default: the trial with the best
+validation accuracy). For Z_p each residue c is coloured by c mod K (default 8, the paper's),
+labelled with c, and joined by a faint line to c + K; ``--mod auto`` picks the K whose pairs
+(c, c + K) lie nearest in the weights, which traces the rings a generalized network forms.
+For S5 each permutation is coloured by its right coset Hx = {h·x : h in H} (h·x = h after x,
+grok_tune.data's composition) of the subgroup H = <(0 3)(1 4), (1 2)(3 4)> (order 10: 12
+cosets).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from sklearn.manifold import TSNE
+
+from analysis.common import (
+    FRAC,
+    MODULUS,
+    OP,
+    AnalysisError,
+    Drawn,
+    Study,
+    base_parser,
+    figure_path,
+    new_figure,
+    run_command,
+    save,
+)
+from grok_tune import metrics as m
+from grok_tune.data import S5_ELEMENTS, Perm, compose, is_s5
+from grok_tune.results import TRIAL_ID
+
+HEAD = "head.weight"  # grok_tune.model.Transformer's output layer: one row per answer class
+# (0 3)(1 4) and (1 2)(3 4) in one-line notation (i -> perm[i]), the paper's generators
+H_GENERATORS: tuple[Perm, ...] = ((3, 4, 2, 0, 1), (0, 2, 1, 4, 3))
+DEFAULT_MOD = 8  # the paper's, for its network
+AUTO = "auto"
+
+
+def subgroup(generators: Sequence[Perm]) -> frozenset[Perm]:
+    """The subgroup generated: closure of the generators under composition."""
+    group = {tuple(range(len(generators[0])))}
+    frontier = set(generators)
+    while frontier:
+        group |= frontier
+        frontier = {compose(a, b) for a in group for b in group} - group
+    return frozenset(group)
+
+
+def right_cosets(group: frozenset[Perm]) -> list[int]:
+    """For each S5 element x (class order), the index of its coset Hx, numbered by first x."""
+    index = {g: i for i, g in enumerate(S5_ELEMENTS)}
+    labels: dict[int, int] = {}
+    out = []
+    for x in S5_ELEMENTS:
+        smallest = min(index[compose(h, x)] for h in group)
+        out.append(labels.setdefault(smallest, len(labels)))
+    return out
+
+
+def latest_checkpoint(study: Study, trial: pd.Series) -> Path:
+    """The trial's newest checkpoint file; trial_dir may point where the study used to be."""
+    from grok_tune.train import STATE_FILE  # with torch: only this command needs it
+
+    recorded = Path(str(trial["trial_dir"]))
+    for folder in (recorded, study.path / recorded.name):
+        found = sorted(folder.glob(f"checkpoint_*/{STATE_FILE}"))
+        if found:
+            return found[-1]
+    raise AnalysisError(f"trial {trial[TRIAL_ID]}: no checkpoint_*/{STATE_FILE} under {recorded}")
+
+
+def default_trial(study: Study) -> str:
+    """The best validation accuracy, then the fastest to generalize, with a checkpoint."""
+    ranked = study.trials[study.trials["trial_dir"].notna()].sort_values(
+        ["best_val_acc", m.STEPS_TO_GENERALIZE, TRIAL_ID],
+        ascending=[False, True, True],
+        na_position="last",
+    )
+    if ranked.empty:
+        raise AnalysisError(f"{study.path}: no trial with a trial_dir")
+    return str(ranked[TRIAL_ID].iloc[0])
+
+
+def load_head(path: Path) -> tuple[np.ndarray, dict, int]:
+    """(head.weight as an array, the run's config, the checkpoint's step)."""
+    import torch  # only here: the rest of analysis/ reads Parquet
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state["model"][HEAD].float().numpy(), state["config"], int(state["step"])
+
+
+def embed_2d(weights: np.ndarray, perplexity: float | None) -> np.ndarray:
+    n = len(weights)
+    # sklearn needs perplexity < points; a third of them keeps tiny tables (p = 5) meaningful
+    perplexity = perplexity if perplexity is not None else min(30.0, max(1.0, (n - 1) / 3))
+    if not 0 < perplexity < n:
+        raise AnalysisError(f"--perplexity {perplexity:g}: must be in (0, {n}), the points drawn")
+    # exact: a few hundred points at most, and Barnes-Hut's OpenMP threads took 40 s for 59 of
+    # them on a 2-core machine where exact takes 0.3 s
+    tsne = TSNE(2, perplexity=perplexity, init="pca", method="exact", random_state=0)
+    return tsne.fit_transform(weights)
+
+
+def nearest_step(weights: np.ndarray) -> int:
+    """The d (1 <= d <= p/2) whose pairs (c, c+d) have the most similar rows on average.
+
+    A grokked Z_p network lays residues out along a few key frequencies; stepping by d walks
+    its rings (the paper's 8 was that step for its network, not for every one).
+    """
+    p = len(weights)
+    unit = weights / np.maximum(np.linalg.norm(weights, axis=1, keepdims=True), 1e-12)
+    similarity = [
+        (unit * np.roll(unit, -d, axis=0)).sum(axis=1).mean() for d in range(1, p // 2 + 1)
+    ]
+    return 1 + int(np.argmax(similarity)) if similarity else 1
+
+
+def _draw_zp(ax: Axes, xy: np.ndarray, mod: int) -> str:
+    p = len(xy)
+    cmap = colormaps["tab10" if mod <= 10 else "tab20"]
+    for c in range(p):
+        d = (c + mod) % p
+        ax.plot(*zip(xy[c], xy[d], strict=True), color="grey", alpha=0.3, linewidth=0.7, zorder=1)
+    residues = np.arange(p) % mod
+    ax.scatter(xy[:, 0], xy[:, 1], c=[cmap(r % cmap.N) for r in residues], s=60, zorder=2)
+    for c, (x, y) in enumerate(xy):
+        ax.annotate(str(c), (x, y), fontsize=7, ha="center", va="center", zorder=3)
+    return f"colour: residue mod {mod}; lines: c -> c+{mod}"
+
+
+def _draw_s5(ax: Axes, xy: np.ndarray) -> str:
+    cosets = right_cosets(subgroup(H_GENERATORS))
+    cmap = colormaps["tab20"]
+    for k in range(max(cosets) + 1):
+        mine = np.array(cosets) == k
+        ax.scatter(xy[mine, 0], xy[mine, 1], color=cmap(k % cmap.N), s=40, label=str(k))
+    ax.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1), title="coset Hx")
+    return "colour: right coset Hx of H = <(0 3)(1 4), (1 2)(3 4)>"
+
+
+def plot_embeddings(
+    study: Study,
+    trial_id: str | None = None,
+    mod: int | str = DEFAULT_MOD,
+    perplexity: float | None = None,
+    out: Path | None = None,
+) -> Drawn:
+    trial_id = trial_id or default_trial(study)
+    trials = study.trials.set_index(TRIAL_ID, drop=False)
+    if trial_id not in trials.index:
+        raise AnalysisError(f"unknown trial {trial_id!r}; allowed: {', '.join(trials.index)}")
+    checkpoint = latest_checkpoint(study, trials.loc[trial_id])
+    weights, config, step = load_head(checkpoint)
+    xy = embed_2d(weights, perplexity)
+    if not is_s5(config[OP]):
+        mod = nearest_step(weights) if mod == AUTO else int(mod)
+        if mod < 1:
+            raise AnalysisError(f"--mod {mod}: must be at least 1")
+    fig = new_figure(7.0, 6.0)
+    ax = fig.add_subplot()
+    colours = _draw_s5(ax, xy) if is_s5(config[OP]) else _draw_zp(ax, xy, mod)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    task = config[OP] if is_s5(config[OP]) else f"{config[OP]} mod {config[MODULUS]}"
+    ax.set_title(
+        f"{study.name}: t-SNE of output-layer weights, trial {trial_id}, step {step:,}\n"
+        f"{task}, frac={config[FRAC]:g}, final val acc {trials.loc[trial_id, m.VAL_ACC]:.3f}\n"
+        f"{colours}",
+        fontsize=9,
+    )
+    path = save(fig, figure_path(study, out, f"embeddings_{trial_id}.png"))
+    return Drawn(path, n_points=len(xy))
+
+
+def _mod_arg(value: str) -> int | str:
+    if value == AUTO:
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: an integer K or {AUTO!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = base_parser("analysis.embeddings", __doc__)
+    parser.add_argument("--trial", metavar="ID", help="trial id (default: best val_acc)")
+    parser.add_argument(
+        "--mod",
+        default=DEFAULT_MOD,
+        metavar="K",
+        type=_mod_arg,
+        help=f"Z_p: colour by c mod K and join c to c+K (default {DEFAULT_MOD}); {AUTO}: the "
+        "step whose pairs lie nearest in the weights",
+    )
+    parser.add_argument("--perplexity", type=float, help="t-SNE perplexity (< points)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    def body(study: Study, args: argparse.Namespace) -> list[Path]:
+        return [plot_embeddings(study, args.trial, args.mod, args.perplexity, args.out).path]
+
+    return run_command(build_parser(), argv, body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
