@@ -1,6 +1,7 @@
 """Training throughput of grok_tune against a plain PyTorch loop of the same model.
 
-Run by hand from the repository root (not a test; about 4-5 minutes on 2 CPU cores)::
+Run by hand from the repository root (a benchmark, not a test). About 5 minutes on 2 idle CPU
+cores; longer where other processes share them (it waits for them and retries)::
 
     .venv/bin/python bench/train_step.py                        # CPU, 1 and 2 threads
     .venv/bin/python bench/train_step.py --json bench.json      # also write every figure
@@ -9,31 +10,36 @@ Run by hand from the repository root (not a test; about 4-5 minutes on 2 CPU cor
 What it compares, in one process on one machine, on Power et al.'s defaults (x/y mod 97,
 50 % training data, 2 layers, width 128, 4 heads, MLP 512, batch 512, AdamW lr 1e-3 wd 1):
 
-grok        ``grok_tune.train.Trainer`` itself, driven for a fixed step budget: fused AdamW and
-            the model's "last position only" final layer.
-plain       the same model written the obvious way in this file: every layer on every position,
-            logits of the last position taken afterwards, ``torch.optim.AdamW`` with default
-            options, ``torch.randint`` batches, full-split evaluation under ``no_grad``.
-ablations   grok_adamw   Trainer with default (non-fused) AdamW instead of fused;
-            grok_full    Trainer with the shortcut off (every layer on every position), fused;
-            plain_fused  the plain loop with fused AdamW.
+grok         ``grok_tune.train.Trainer`` itself, driven for a fixed step budget: fused AdamW and
+             the model's "last position only" final layer.
+plain        the same model written the obvious way in this file: every layer on every position,
+             logits of the last position taken afterwards, ``torch.optim.AdamW`` with default
+             options, ``torch.randint`` batches, full-split evaluation under ``no_grad``.
+grok_adamw   ablation: Trainer with default (non-fused) AdamW.
+grok_full    ablation: Trainer with the shortcut off (every layer on every position), fused.
+plain_fused  ablation: the plain loop with fused AdamW.
 
-Each measurement runs ``--warmup`` steps, then times ``--steps`` steps with a full-split
-evaluation every 100 steps (and one at the end of the budget, as Trainer does). The time of
-every evaluation is measured on its own, so one run gives both figures:
+Each measurement runs ``--warmup`` untimed steps, then ``--steps`` timed steps with a full-split
+evaluation every 100 steps and one at the end of the budget, as Trainer does. Training steps
+are timed in windows of 10 consecutive steps and every evaluation on its own, so one run gives
 
-bare        steps / (wall time - evaluation time)
-with eval   1 / (bare seconds per step + mean evaluation seconds / 100): the rate of a long run
-            under the evaluation schedule of one full-split evaluation per 100 steps.
+bare         steps/s of training alone: steps / seconds, summed over the clean windows;
+with eval    1 / (bare seconds per step + mean evaluation seconds / 100): the rate of a long
+             run under the schedule of one full-split evaluation per 100 steps.
 
-Configurations and thread counts alternate within each of ``--rounds`` rounds (the order is
-reversed every other round), ratios are taken within a round and the median over rounds is
-reported, so that noise on the machine hits both sides alike.
+The machine may be shared: for every window and evaluation the CPU time other processes used
+meanwhile is read from /proc/stat. Windows in which they used 0.25 cores or more are left out;
+each run waits (up to 5 s) for a quiet machine first, a run with fewer than half its windows
+clean is retried (``--retries``), and one with fewer than 3 clean windows is left out of the
+summary. Configurations and thread counts alternate within each of ``--rounds`` rounds (the
+order reversed every other round), ratios are taken within a round (rounds where both runs are
+usable) and the median over rounds is reported. Two threads are very sensitive to other work:
+a run sharing its cores can be several times slower, hence all this.
 
-FLOP/s are matmul FLOPs counted analytically (forward; backward counted as 2x forward) divided
-by the measured bare step time. "useful" GFLOP/s divides the plain model's count by the
-implementation's own step time: the rate at which it gets the plain model's work done. Both are
-compared with a plain fp32 matmul measured in the same run on the same threads.
+GFLOP/s are matmul FLOPs counted analytically (forward, plus backward counted as twice the
+forward) divided by the bare step time; "useful" GFLOP/s divides the plain model's count by the
+implementation's own step time: the rate at which it gets the plain model's work done. Both
+are compared with fp32 matmuls measured in the same run on the same threads.
 """
 
 from __future__ import annotations
@@ -61,6 +67,10 @@ from grok_tune.model import ModelConfig, Transformer
 from grok_tune.train import Record, TrainConfig, Trainer
 
 EVAL_EVERY = 100
+WINDOW = 10  # training steps per timing window
+OTHER_MAX_CORES = 0.25  # a window is clean if other processes used fewer cores than this
+CLEAN_MIN_SHARE = 0.5  # a run with a smaller share of clean windows is retried
+USABLE_MIN_WINDOWS = 3  # a run with fewer clean windows is left out of the summary
 CONFIGS = ("grok", "plain", "grok_adamw", "grok_full", "plain_fused")
 DESCRIPTIONS = {
     "grok": "grok_tune Trainer (fused AdamW, last-only)",
@@ -69,10 +79,11 @@ DESCRIPTIONS = {
     "grok_full": "Trainer, last-only shortcut off",
     "plain_fused": "plain loop with fused AdamW",
 }
+MATMULS = {"2048x128@128x512": (2048, 128, 512), "1024^3": (1024, 1024, 1024)}
 
 
 # --- the plain model: the same architecture written the obvious way -----------------------
-# Module names mirror grok_tune's so that one state_dict loads into both (checked below).
+# Module names mirror grok_tune's so that one state_dict loads into both (checked in main).
 class PlainAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int) -> None:
         super().__init__()
@@ -120,6 +131,13 @@ class PlainTransformer(nn.Module):
         return self.head(self.ln_f(x))[:, -1]  # every position computed, the last one used
 
 
+def plain_optimizer(model: nn.Module, fused: bool = False) -> torch.optim.AdamW:
+    kwargs: dict[str, Any] = {"fused": True} if fused else {}
+    return torch.optim.AdamW(
+        model.parameters(), lr=1e-3, betas=(0.9, 0.98), weight_decay=1.0, **kwargs
+    )
+
+
 class NoShortcutTransformer(Transformer):
     """grok_tune's model with the last-only shortcut off: every layer on every position."""
 
@@ -157,30 +175,139 @@ def step_flops(cfg: ModelConfig, batch: int, config: str) -> int:
     return 3 * fwd * batch
 
 
-# --- timing helpers ----------------------------------------------------------------------
+# --- clocks that know when other processes shared the CPU ----------------------------------
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
+Counters = tuple[float, float | None, float]
+
+
+def counters() -> Counters:
+    """(perf_counter, busy CPU seconds of the whole machine or None, this process's CPU s)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        v = [int(f) for f in fields]  # user nice system idle iowait irq softirq steal ...
+        busy: float | None = (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        busy = None
+    own = os.times()
+    return time.perf_counter(), busy, own.user + own.system
+
+
+def others_between(a: Counters, b: Counters) -> float | None:
+    """Cores other processes used on average between two ``counters()`` readings."""
+    if a[1] is None or b[1] is None or b[0] <= a[0]:
+        return None
+    return max((b[1] - a[1]) - (b[2] - a[2]), 0.0) / (b[0] - a[0])
+
+
+def wait_for_quiet(max_wait_s: float = 5.0, probe_s: float = 0.5) -> float:
+    """Wait (up to ``max_wait_s``) until other processes leave the CPU; returns seconds waited."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < max_wait_s:
+        a = counters()
+        time.sleep(probe_s)
+        others = others_between(a, counters())
+        if others is None or others < OTHER_MAX_CORES:
+            break
+    return time.perf_counter() - t0
+
+
+@dataclass
+class Span:
+    """``steps`` training steps (0: an evaluation) that took ``seconds``."""
+
+    steps: int
+    seconds: float
+    others: float | None  # cores other processes used meanwhile
+
+    @property
+    def clean(self) -> bool:
+        return self.others is None or self.others < OTHER_MAX_CORES
+
+
+class StepClock:
+    """Times windows of WINDOW consecutive training steps and every evaluation.
+
+    Call ``step()`` at the start of every training step and wrap every evaluation in
+    ``evaluation(fn)``: the window in progress when an evaluation starts is dropped, so that
+    windows hold training steps only. On a GPU it synchronizes at window edges only.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.windows: list[Span] = []
+        self.evals: list[Span] = []
+        self._start: Counters | None = None
+        self._n = 0
+
+    def _now(self) -> Counters:
+        sync(self.device)
+        return counters()
+
+    def step(self) -> None:
+        if self._start is None:
+            self._start, self._n = self._now(), 0
+            return
+        self._n += 1
+        if self._n == WINDOW:
+            now = self._now()
+            self.windows.append(
+                Span(WINDOW, now[0] - self._start[0], others_between(self._start, now))
+            )
+            self._start, self._n = now, 0
+
+    def evaluation(self, fn: Callable[[], Any]) -> Any:
+        self._start = None
+        a = self._now()
+        out = fn()
+        b = self._now()
+        self.evals.append(Span(0, b[0] - a[0], others_between(a, b)))
+        return out
+
+
 @dataclass
 class Timing:
-    """One timed run: ``steps`` optimizer steps and ``evals`` full-split evaluations."""
+    """One timed run of ``config``: its training windows and its evaluations."""
 
     config: str
     threads: int
     round: int
-    steps: int
-    train_s: float  # wall time minus evaluation time
-    eval_s: list[float] = field(default_factory=list)
+    steps: int  # timed steps
+    wall_s: float  # wall time of the timed part, evaluations included
+    windows: list[Span] = field(default_factory=list)
+    evals: list[Span] = field(default_factory=list)
+
+    @property
+    def clean_share(self) -> float:
+        return sum(w.clean for w in self.windows) / max(len(self.windows), 1)
+
+    @property
+    def clean(self) -> bool:
+        return self.clean_share >= CLEAN_MIN_SHARE
+
+    @property
+    def usable(self) -> bool:
+        return sum(w.clean for w in self.windows) >= USABLE_MIN_WINDOWS
 
     @property
     def step_s(self) -> float:
-        return self.train_s / self.steps
+        """Seconds per training step over the clean windows (all windows if none is clean)."""
+        ws = [w for w in self.windows if w.clean] or self.windows
+        return sum(w.seconds for w in ws) / sum(w.steps for w in ws)
 
     @property
-    def mean_eval_s(self) -> float:
-        return statistics.fmean(self.eval_s) if self.eval_s else math.nan
+    def eval_s(self) -> float:
+        """Mean seconds of one evaluation (clean ones where there are any)."""
+        es = [e for e in self.evals if e.clean] or self.evals
+        return statistics.fmean(e.seconds for e in es)
+
+    @property
+    def all_in_step_s(self) -> float:
+        """Wall time minus evaluations, over every timed step: disturbances included."""
+        return (self.wall_s - sum(e.seconds for e in self.evals)) / self.steps
 
     @property
     def bare_rate(self) -> float:
@@ -189,9 +316,10 @@ class Timing:
     @property
     def eval_rate(self) -> float:
         """Steps/s under one evaluation per EVAL_EVERY steps."""
-        return 1.0 / (self.step_s + self.mean_eval_s / EVAL_EVERY)
+        return 1.0 / (self.step_s + self.eval_s / EVAL_EVERY)
 
 
+# --- the measurements --------------------------------------------------------------------
 def train_config(steps: int) -> TrainConfig:
     return TrainConfig(
         op="x/y",
@@ -213,7 +341,11 @@ def train_config(steps: int) -> TrainConfig:
 def time_trainer(
     config: str, device: torch.device, warmup: int, steps: int, threads: int, rnd: int
 ) -> Timing:
-    """Drive grok_tune's Trainer: ``warmup`` steps, then ``steps`` timed steps of ``run``."""
+    """Drive grok_tune's Trainer: ``warmup`` steps, then ``steps`` timed steps of ``run``.
+
+    The training steps are seen through a forward pre-hook on the model (training mode only:
+    evaluations run in eval mode) and the evaluations by wrapping ``Trainer._evaluate``.
+    """
     trainer = Trainer(train_config(warmup), device)
     cfg = trainer.cfg
     if config == "grok_full":
@@ -229,43 +361,42 @@ def time_trainer(
         )
     trainer.run()  # warm-up: evaluation at step 0, `warmup` steps, evaluation at the budget
 
-    # extend the budget and let the same Trainer go on; time every evaluation on its own
+    # extend the budget and let the same Trainer go on, watched by the clock
     trainer.cfg = cfg.model_copy(update={"steps": warmup + steps})
     trainer.status = m.Status.RUNNING
+    clock = StepClock(device)
     evaluate = trainer._evaluate
-    eval_s: list[float] = []
 
     def timed_evaluate(train_seconds: float) -> Record:
-        sync(device)
-        t0 = time.perf_counter()
-        record = evaluate(train_seconds)
-        sync(device)
-        eval_s.append(time.perf_counter() - t0)
-        return record
+        return clock.evaluation(lambda: evaluate(train_seconds))
+
+    def on_forward(module: nn.Module, args: Any) -> None:
+        if module.training:
+            clock.step()
 
     trainer._evaluate = timed_evaluate  # type: ignore[method-assign]
+    hook = trainer.model.register_forward_pre_hook(on_forward)
     sync(device)
     t0 = time.perf_counter()
     trainer.run()
     sync(device)
     wall = time.perf_counter() - t0
+    hook.remove()
     assert trainer.step == warmup + steps, trainer.step
-    return Timing(config, threads, rnd, steps, wall - sum(eval_s), eval_s)
+    return Timing(config, threads, rnd, steps, wall, clock.windows, clock.evals)
 
 
 @torch.no_grad()
-def plain_evaluate(model: nn.Module, data: Dataset) -> tuple[float, float, float, float]:
+def plain_evaluate(model: nn.Module, data: Dataset) -> list[float]:
     """Accuracy and loss on the full train and validation splits, the obvious way."""
     model.eval()
     out: list[float] = []
     for x, y in ((data.train_x, data.train_y), (data.val_x, data.val_y)):
         logits = model(x)
-        out += [
-            (logits.argmax(dim=1) == y).float().mean().item(),
-            F.cross_entropy(logits, y).item(),
-        ]
+        out.append((logits.argmax(dim=1) == y).float().mean().item())
+        out.append(F.cross_entropy(logits, y).item())
     model.train()
-    return out[0], out[1], out[2], out[3]
+    return out
 
 
 def time_plain(
@@ -278,16 +409,14 @@ def time_plain(
     threads: int,
     rnd: int,
 ) -> Timing:
-    """The plain loop: same schedule as ``time_trainer`` (evaluation every 100 steps and at the
-    end of the budget), timed after ``warmup`` steps and a warm-up evaluation."""
+    """The plain loop, on the schedule of ``time_trainer``: evaluation every 100 steps and at
+    the end of the budget, timed after ``warmup`` steps and a warm-up evaluation."""
     torch.manual_seed(0)
     model = PlainTransformer(model_cfg).to(device)
-    kwargs: dict[str, Any] = {"fused": True} if config == "plain_fused" else {}
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=1e-3, betas=(0.9, 0.98), weight_decay=1.0, **kwargs
-    )
+    opt = plain_optimizer(model, fused=config == "plain_fused")
     n_train, batch = len(data.train_y), 512
     model.train()
+    clock = StepClock(device)
 
     def train_step() -> None:
         idx = torch.randint(n_train, (batch,), device=device)
@@ -299,26 +428,23 @@ def time_plain(
     for _ in range(warmup):
         train_step()
     plain_evaluate(model, data)
-    step, total, eval_s = warmup, warmup + steps, []
+    step, total = warmup, warmup + steps
     sync(device)
     t0 = time.perf_counter()
     while step < total:
         until = min(step + EVAL_EVERY - step % EVAL_EVERY, total)
         while step < until:
+            clock.step()
             train_step()
             step += 1
-        sync(device)
-        te = time.perf_counter()
-        plain_evaluate(model, data)
-        sync(device)
-        eval_s.append(time.perf_counter() - te)
+        clock.evaluation(lambda: plain_evaluate(model, data))
     sync(device)
     wall = time.perf_counter() - t0
-    return Timing(config, threads, rnd, steps, wall - sum(eval_s), eval_s)
+    return Timing(config, threads, rnd, steps, wall, clock.windows, clock.evals)
 
 
 def matmul_gflops(device: torch.device, m_: int, k: int, n: int, min_s: float = 0.15) -> float:
-    """fp32 GFLOP/s of (m x k) @ (k x n): the median of 5 timed chunks of repeated products."""
+    """fp32 GFLOP/s of (m x k) @ (k x n): the best of 5 timed chunks of repeated products."""
     a = torch.randn(m_, k, device=device)
     b = torch.randn(k, n, device=device)
     c = torch.empty(m_, n, device=device)
@@ -326,7 +452,7 @@ def matmul_gflops(device: torch.device, m_: int, k: int, n: int, min_s: float = 
         torch.mm(a, b, out=c)
     sync(device)
     reps, t = 1, 0.0
-    while t < min_s / 5:  # calibrate a chunk of about min_s / 5 seconds
+    while t < min_s / 5:  # calibrate chunks of about min_s / 5 seconds
         reps *= 2
         t0 = time.perf_counter()
         for _ in range(reps):
@@ -340,13 +466,13 @@ def matmul_gflops(device: torch.device, m_: int, k: int, n: int, min_s: float = 
             torch.mm(a, b, out=c)
         sync(device)
         rates.append(2 * m_ * k * n * reps / (time.perf_counter() - t0) / 1e9)
-    return statistics.median(rates)
-
-
-MATMULS = {"2048x128@128x512": (2048, 128, 512), "1024^3": (1024, 1024, 1024)}
+    return max(rates)
 
 
 # --- where the time of one step goes -------------------------------------------------------
+PHASES = ("sample", "forward", "backward", "optimizer")
+
+
 def phase_breakdown(
     model: nn.Module,
     opt: torch.optim.Optimizer,
@@ -355,45 +481,49 @@ def phase_breakdown(
     sample: Callable[[], torch.Tensor],
     iters: int = 30,
 ) -> dict[str, float]:
-    """Mean milliseconds of sampling, forward (with loss), backward (with zero_grad), optimizer."""
+    """Median milliseconds of sampling, forward (with the loss), backward (with zero_grad) and
+    the optimizer step, over ``iters`` steps after 5 untimed ones."""
     model.train()
-    acc = dict.fromkeys(("sample", "forward", "backward", "optimizer"), 0.0)
+    times: dict[str, list[float]] = {p: [] for p in PHASES}
     for i in range(iters + 5):
-        sync(device)
-        t0 = time.perf_counter()
+        stamps = [time.perf_counter()]
         idx = sample()
         xb, yb = data.train_x[idx], data.train_y[idx]
         sync(device)
-        t1 = time.perf_counter()
+        stamps.append(time.perf_counter())
         loss = F.cross_entropy(model(xb), yb)
         sync(device)
-        t2 = time.perf_counter()
+        stamps.append(time.perf_counter())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         sync(device)
-        t3 = time.perf_counter()
+        stamps.append(time.perf_counter())
         opt.step()
         sync(device)
-        t4 = time.perf_counter()
+        stamps.append(time.perf_counter())
         if i >= 5:
-            for key, dt in zip(acc, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
-                acc[key] += dt
-    return {key: 1e3 * v / iters for key, v in acc.items()}
+            for p, t0, t1 in zip(PHASES, stamps, stamps[1:], strict=False):
+                times[p].append(1e3 * (t1 - t0))
+    return {p: statistics.median(ts) for p, ts in times.items()}
+
+
+@torch.inference_mode()
+def chunked_accuracy_and_loss(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 512
+) -> tuple[float, float]:
+    """grok_tune's ``metrics.accuracy_and_loss`` with the forward pass in chunks of rows."""
+    was_training = model.training
+    model.eval()
+    logits = torch.cat([model(xc) for xc in x.split(chunk)])
+    model.train(was_training)
+    return float((logits.argmax(1) == y).float().mean()), float(F.cross_entropy(logits, y))
 
 
 def eval_breakdown(
     trainer: Trainer, plain: nn.Module, data: Dataset, device: torch.device, reps: int = 3
 ) -> dict[str, float]:
-    """Milliseconds of one full evaluation, Trainer's and the plain one, and of a chunked variant
-    of grok_tune's ``accuracy_and_loss`` (chunks of 512 rows: the batch size)."""
-
-    @torch.inference_mode()
-    def chunked(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-        model.eval()
-        logits = torch.cat([model(xc) for xc in x.split(512)])
-        model.train()
-        return float((logits.argmax(1) == y).float().mean()), float(F.cross_entropy(logits, y))
-
+    """Best-of-``reps`` milliseconds of one evaluation: Trainer's whole ``_evaluate``, its two
+    ``accuracy_and_loss`` calls alone, the same in chunks of 512 rows, and the plain one."""
     splits = ((data.train_x, data.train_y), (data.val_x, data.val_y))
 
     def both_splits(fn: Callable[..., Any], model: nn.Module) -> Callable[[], list[Any]]:
@@ -401,19 +531,21 @@ def eval_breakdown(
 
     cases: dict[str, Callable[[], Any]] = {
         "trainer._evaluate": lambda: trainer._evaluate(0.0),
-        "grok accuracy_and_loss x2": both_splits(m.accuracy_and_loss, trainer.model),
-        "grok chunked(512) x2": both_splits(chunked, trainer.model),
-        "plain eval x2": lambda: plain_evaluate(plain, data),
+        "accuracy_and_loss x2": both_splits(m.accuracy_and_loss, trainer.model),
+        "same in 512-row chunks": both_splits(chunked_accuracy_and_loss, trainer.model),
+        "plain eval": lambda: plain_evaluate(plain, data),
     }
     out = {}
     for name, fn in cases.items():
         fn()
-        sync(device)
-        t0 = time.perf_counter()
+        best = math.inf
         for _ in range(reps):
+            sync(device)
+            t0 = time.perf_counter()
             fn()
-        sync(device)
-        out[name] = 1e3 * (time.perf_counter() - t0) / reps
+            sync(device)
+            best = min(best, time.perf_counter() - t0)
+        out[name] = 1e3 * best
     return out
 
 
@@ -427,9 +559,7 @@ def measure_breakdown(
     n_train = len(data.train_y)
     torch.manual_seed(0)
     plain_model = PlainTransformer(model_cfg).to(device)
-    plain_opt = torch.optim.AdamW(
-        plain_model.parameters(), lr=1e-3, betas=(0.9, 0.98), weight_decay=1.0
-    )
+    plain_opt = plain_optimizer(plain_model)
 
     def grok_sample() -> torch.Tensor:
         return torch.randperm(n_train, generator=gen)[:batch].to(device)
@@ -449,13 +579,16 @@ def rounds_order(n_rounds: int, threads: list[int]) -> Iterator[tuple[int, int, 
     """(round, threads, configs): thread counts and configurations alternate, reversed every
     other round so that neither side always runs first."""
     for r in range(n_rounds):
-        ths = threads if r % 2 == 0 else threads[::-1]
-        for th in ths:
+        for th in threads if r % 2 == 0 else threads[::-1]:
             yield r, th, list(CONFIGS if r % 2 == 0 else CONFIGS[::-1])
 
 
 def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else math.nan
+
+
+def fmt_others(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -465,6 +598,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=20, help="untimed steps per run")
     parser.add_argument("--steps", type=int, default=150, help="timed steps per run")
+    parser.add_argument("--retries", type=int, default=1, help="re-runs of a disturbed run")
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -472,9 +606,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--device cuda: no CUDA device is available")
     threads = args.threads or ([1] if device.type == "cuda" else [1, 2])
     t_start = time.perf_counter()
-    load_before = os.getloadavg()
 
-    # the model both sides train, and checks that they are the same function
+    # the model both sides train, and checks that they compute the same function
     probe = Trainer(train_config(1), device)
     data, model_cfg, batch = probe.data, probe.model.cfg, probe.batch_size
     plain = PlainTransformer(model_cfg).to(device)
@@ -494,132 +627,166 @@ def main(argv: list[str] | None = None) -> int:
         f"{n_grok:,} parameters on both sides; same logits on shared weights "
         f"(max |diff| plain {diff_plain:.1e}, shortcut off {diff_full:.1e}); batch {batch}, "
         f"train {len(data.train_y)}, val {len(data.val_y)}; {args.rounds} rounds x "
-        f"({args.warmup} warm-up + {args.steps} timed steps), load avg {load_before[0]:.2f}",
+        f"({args.warmup} warm-up + {args.steps} timed steps)",
         flush=True,
     )
 
     timings: list[Timing] = []
+    retried = 0
     mm: dict[tuple[int, str], list[float]] = {}
     for rnd, th, configs in rounds_order(args.rounds, threads):
         torch.set_num_threads(th)
+        wait_for_quiet()
         for name, shape in MATMULS.items():
             mm.setdefault((th, name), []).append(matmul_gflops(device, *shape))
         for config in configs:
-            if config.startswith("grok"):
-                t = time_trainer(config, device, args.warmup, args.steps, th, rnd)
-            else:
-                t = time_plain(config, data, model_cfg, device, args.warmup, args.steps, th, rnd)
+            for attempt in range(args.retries + 1):
+                waited = wait_for_quiet()
+                if config.startswith("grok"):
+                    t = time_trainer(config, device, args.warmup, args.steps, th, rnd)
+                else:
+                    t = time_plain(
+                        config, data, model_cfg, device, args.warmup, args.steps, th, rnd
+                    )
+                busy = (
+                    ""
+                    if t.clean
+                    else ("  DISTURBED" + (", retry" if attempt < args.retries else ""))
+                )
+                print(
+                    f"  round {rnd} threads {th} {config:<11} {t.bare_rate:6.2f} steps/s bare "
+                    f"({1 / t.all_in_step_s:6.2f} all-in), {t.eval_rate:6.2f} with eval "
+                    f"({1e3 * t.eval_s:4.0f} ms/eval); clean windows "
+                    f"{sum(w.clean for w in t.windows)}/{len(t.windows)}"
+                    + (f", waited {waited:.0f} s" if waited > 1 else "")
+                    + busy,
+                    flush=True,
+                )
+                if t.clean:
+                    break
+                retried += attempt < args.retries
             timings.append(t)
-            print(
-                f"  round {rnd} threads {th} {config:<11} {t.bare_rate:6.2f} steps/s bare, "
-                f"{t.eval_rate:6.2f} with eval ({1e3 * t.mean_eval_s:.0f} ms/eval)",
-                flush=True,
-            )
 
     # where the time goes, per phase (grok: Trainer's model and optimizer; plain as above)
     breakdown: dict[int, dict[str, dict[str, float]]] = {}
+    breakdown_others: dict[int, float | None] = {}
     for th in threads:
         torch.set_num_threads(th)
+        wait_for_quiet()
+        before = counters()
         breakdown[th] = measure_breakdown(data, model_cfg, batch, device)
+        breakdown_others[th] = others_between(before, counters())
 
     # --- summary ------------------------------------------------------------------------
-    def of(config: str, th: int) -> list[Timing]:
+    def runs(config: str, th: int) -> list[Timing]:
         return [t for t in timings if t.config == config and t.threads == th]
 
-    def paired(num: str, den: str, th: int, rate: str) -> float:
-        """Median over rounds of the within-round ratio num/den."""
-        by_round = {t.round: getattr(t, rate) for t in of(den, th)}
-        return median([getattr(t, rate) / by_round[t.round] for t in of(num, th)])
+    def usable(config: str, th: int) -> list[Timing]:
+        """The usable runs of ``config`` at ``th`` threads; all of them if none is."""
+        ts = runs(config, th)
+        return [t for t in ts if t.usable] or ts
 
-    summary: dict[str, Any] = {"threads": {}}
+    def paired(num: str, den: str, th: int, rate: str) -> float:
+        """Median over rounds of the within-round ratio num/den (rounds where both runs are
+        usable; all rounds if there is none)."""
+        a = {t.round: t for t in runs(num, th)}
+        b = {t.round: t for t in runs(den, th)}
+        both = [r for r in a if a[r].usable and b[r].usable] or list(a)
+        return median([getattr(a[r], rate) / getattr(b[r], rate) for r in both])
+
+    summary: dict[int, Any] = {}
     lines = []
-    hdr = (
-        f"{'config':<12}{'thr':>4}{'steps/s':>9}{'+eval':>8}{'ms/step':>9}{'ms/eval':>9}"
-        f"{'GFLOP/st':>10}{'GFLOP/s':>9}{'useful':>8}{'%peak':>7}  what"
-    )
     for th in threads:
-        peak = max(median(mm[(th, name)]) for name in MATMULS)
+        peak = max(max(mm[(th, name)]) for name in MATMULS)
         per: dict[str, Any] = {
-            "matmul_gflops": {name: median(mm[(th, name)]) for name in MATMULS},
+            "matmul_gflops": {name: max(mm[(th, name)]) for name in MATMULS},
             "configs": {},
         }
         for config in CONFIGS:
-            ts = of(config, th)
+            ts = usable(config, th)
             step_s = median([t.step_s for t in ts])
             gf = flops[config] / step_s / 1e9
-            useful = flops["plain"] / step_s / 1e9
             row = {
                 "bare_steps_per_s": median([t.bare_rate for t in ts]),
                 "with_eval_steps_per_s": median([t.eval_rate for t in ts]),
                 "ms_per_step": 1e3 * step_s,
-                "ms_per_eval": 1e3 * median([t.mean_eval_s for t in ts]),
+                "ms_per_eval": 1e3 * median([t.eval_s for t in ts]),
                 "gflop_per_step": flops[config] / 1e9,
                 "achieved_gflops": gf,
-                "useful_gflops": useful,
+                "useful_gflops": flops["plain"] / step_s / 1e9,
                 "percent_of_matmul": 100 * gf / peak,
+                "usable_runs": sum(t.usable for t in runs(config, th)),
+                "runs": len(runs(config, th)),
             }
             per["configs"][config] = row
             lines.append(
                 f"{config:<12}{th:>4}{row['bare_steps_per_s']:>9.2f}"
                 f"{row['with_eval_steps_per_s']:>8.2f}{row['ms_per_step']:>9.1f}"
                 f"{row['ms_per_eval']:>9.0f}{row['gflop_per_step']:>10.3f}{gf:>9.1f}"
-                f"{useful:>8.1f}{row['percent_of_matmul']:>6.0f}%  {DESCRIPTIONS[config]}"
+                f"{row['useful_gflops']:>8.1f}{row['percent_of_matmul']:>6.0f}%"
+                f"{row['usable_runs']:>4}/{row['runs']}  {DESCRIPTIONS[config]}"
             )
         per["ratios"] = {
-            "grok/plain bare": paired("grok", "plain", th, "bare_rate"),
-            "grok/plain with eval": paired("grok", "plain", th, "eval_rate"),
+            "grok/plain, bare step": paired("grok", "plain", th, "bare_rate"),
+            "grok/plain, with eval every 100": paired("grok", "plain", th, "eval_rate"),
             "fused AdamW: grok/grok_adamw": paired("grok", "grok_adamw", th, "bare_rate"),
             "last-only: grok/grok_full": paired("grok", "grok_full", th, "bare_rate"),
             "fused AdamW on plain: plain_fused/plain": paired(
                 "plain_fused", "plain", th, "bare_rate"
             ),
-            "rest (model code, loop): grok_full/plain_fused": paired(
+            "the rest (code, loop): grok_full/plain_fused": paired(
                 "grok_full", "plain_fused", th, "bare_rate"
             ),
-            "FLOP ratio plain/grok (ideal last-only gain)": flops["plain"] / flops["grok"],
+            "FLOPs plain/grok (ideal last-only gain)": flops["plain"] / flops["grok"],
         }
         per["breakdown_ms"] = breakdown[th]
-        summary["threads"][th] = per
+        per["breakdown_other_cores"] = breakdown_others[th]
+        summary[th] = per
 
-    print("\n=== steps/s (median of rounds), matmul GFLOP/s and FLOP rates ===")
-    print(hdr)
+    print("\n=== steps/s (median over usable runs), FLOP rates ===")
+    print(
+        f"{'config':<12}{'thr':>4}{'steps/s':>9}{'+eval':>8}{'ms/step':>9}{'ms/eval':>9}"
+        f"{'GFLOP/st':>10}{'GFLOP/s':>9}{'useful':>8}{'%peak':>7}{'runs':>6}  what"
+    )
     print("\n".join(lines))
-    print("\nmatmul fp32 GFLOP/s (same run, same threads):")
+    print("\nfp32 matmul GFLOP/s, same run and threads (best of rounds; %peak is of the larger):")
     for th in threads:
-        mmd = summary["threads"][th]["matmul_gflops"]
-        print(f"  threads {th}: " + ", ".join(f"{k} {v:.1f}" for k, v in mmd.items()))
-    print("\n=== ratios (median over rounds of within-round ratios; >1 = first is faster) ===")
-    ratio_names = list(summary["threads"][threads[0]]["ratios"])
-    print(f"{'':<48}" + "".join(f"{'thr ' + str(th):>10}" for th in threads))
-    for name in ratio_names:
-        vals = "".join(f"{summary['threads'][th]['ratios'][name]:>10.3f}" for th in threads)
-        print(f"{name:<48}{vals}")
-    print("\n=== one step by phase, ms (mean of 30 steps; grok = Trainer's model + fused) ===")
-    print(f"{'':<12}{'thr':>4}" + "".join(f"{k:>11}" for k in breakdown[threads[0]]["grok"]))
+        print(
+            f"  threads {th}: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in summary[th]["matmul_gflops"].items())
+        )
+    print("\n=== ratios: median over rounds of within-round ratios (>1: the first is faster) ===")
+    print(f"{'':<46}" + "".join(f"{'threads ' + str(th):>11}" for th in threads))
+    for name in summary[threads[0]]["ratios"]:
+        print(f"{name:<46}" + "".join(f"{summary[th]['ratios'][name]:>11.3f}" for th in threads))
+    print("\n=== one step by phase: median ms of 30 steps (grok: Trainer's model, fused AdamW) ===")
+    print(
+        f"{'':<8}{'thr':>4}" + "".join(f"{p:>11}" for p in PHASES) + "   fwd GFLOP/s  bwd GFLOP/s"
+    )
     for th in threads:
         for impl in ("grok", "plain"):
             ph = breakdown[th][impl]
-            print(f"{impl:<12}{th:>4}" + "".join(f"{v:>11.2f}" for v in ph.values()))
-    print("\nforward / backward GFLOP/s (matmul FLOPs / phase time):")
-    for th in threads:
-        parts = []
-        for impl, config in (("grok", "grok"), ("plain", "plain")):
-            ph = breakdown[th][impl]
-            fwd = flops[config] / 3  # ms -> GFLOP/s: FLOPs / ms / 1e6
-            f_rate, b_rate = fwd / ph["forward"] / 1e6, 2 * fwd / ph["backward"] / 1e6
-            parts.append(f"{impl} fwd {f_rate:.1f}, bwd {b_rate:.1f}")
-        print(f"  threads {th}: " + "; ".join(parts))
-    print("\n=== one full-split evaluation, ms ===")
+            fwd = flops[impl] / 3  # FLOPs / ms / 1e6 = GFLOP/s
+            print(
+                f"{impl:<8}{th:>4}"
+                + "".join(f"{ph[p]:>11.2f}" for p in PHASES)
+                + f"{fwd / ph['forward'] / 1e6:>14.1f}{2 * fwd / ph['backward'] / 1e6:>13.1f}"
+            )
+    print(
+        "other processes meanwhile: "
+        + ", ".join(f"threads {th} {fmt_others(c)} cores" for th, c in breakdown_others.items())
+    )
+    print("\n=== one full-split evaluation (train + validation), best of 3, ms ===")
     for th in threads:
         ev = breakdown[th]["eval"]
         print(f"  threads {th}: " + ", ".join(f"{k} {v:.0f}" for k, v in ev.items()))
 
     elapsed = time.perf_counter() - t_start
-    load_after = os.getloadavg()
+    left_out = sum(not t.usable for t in timings)
     print(
-        f"\nload average before {load_before[0]:.2f}, after {load_after[0]:.2f} "
-        f"(a load well above the thread count means other work shared the cores); "
-        f"bench took {elapsed:.0f} s"
+        f"\n{retried} runs retried because other processes disturbed them; {left_out} of "
+        f"{len(timings)} kept runs had fewer than {USABLE_MIN_WINDOWS} clean windows (left out "
+        f"where a usable run exists); bench took {elapsed:.0f} s"
     )
     if args.json:
         payload = {
@@ -632,11 +799,18 @@ def main(argv: list[str] | None = None) -> int:
             "num_params": n_grok,
             "batch_size": batch,
             "step_flops": flops,
-            "load_avg_before_after": [load_before[0], load_after[0]],
             "elapsed_s": elapsed,
             "summary": summary,
             "timings": [
-                {**asdict(t), "bare_rate": t.bare_rate, "eval_rate": t.eval_rate} for t in timings
+                {
+                    **asdict(t),
+                    "step_s": t.step_s,
+                    "eval_s": t.eval_s,
+                    "all_in_step_s": t.all_in_step_s,
+                    "clean": t.clean,
+                    "usable": t.usable,
+                }
+                for t in timings
             ],
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)

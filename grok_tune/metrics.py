@@ -33,6 +33,7 @@ DONE = "done_training"
 
 # Power et al.: "memorized" and "generalized" mean train / validation accuracy first >= 99%.
 ACCURACY_THRESHOLD = 0.99
+EVAL_CHUNK = 512
 # Nanda et al. found about five key frequencies in a grokked modular-addition embedding.
 FOURIER_KEY_FREQUENCIES = 5
 
@@ -53,7 +54,8 @@ def accuracy_and_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tup
     was_training = model.training
     model.eval()
     with torch.inference_mode():
-        logits = model(x)
+        # batch-sized chunks stay in cache: a whole split at once is ~25% slower on CPU
+        logits = torch.cat([model(chunk) for chunk in x.split(EVAL_CHUNK)])
     model.train(was_training)
     loss = F.cross_entropy(logits, y)
     acc = (logits.argmax(dim=1) == y).float().mean()

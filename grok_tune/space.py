@@ -18,7 +18,6 @@ anything runs; errors name the file, the key and what is allowed.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -264,7 +263,3 @@ def load_spec(path: str | Path, **overrides: Any) -> StudySpec:
 def is_log_scale(name: str) -> bool:
     """Settings whose natural axis is logarithmic (plots, grids)."""
     return name in ("lr", "weight_decay", "init_scale")
-
-
-def isfinite_or_none(x: Any) -> bool:
-    return x is None or not isinstance(x, float) or math.isfinite(x)
