@@ -119,6 +119,7 @@ def make_tuner(spec: StudySpec, storage: str, resume: bool) -> Any:
         return tune.Tuner.restore(uri, trainable, resume_unfinished=True, resume_errored=True)
 
     objective = spec.objective
+    concurrency = _concurrency(spec)
     if spec.mode == "optuna":
         import optuna
         from ray.tune.search.optuna import OptunaSearch
@@ -134,7 +135,8 @@ def make_tuner(spec: StudySpec, storage: str, resume: bool) -> Any:
     else:
         from ray.tune.search import BasicVariantGenerator
 
-        search_alg = BasicVariantGenerator(random_state=spec.seed)
+        # Tune ignores max_concurrent_trials for a search algorithm that is not a Searcher
+        search_alg = BasicVariantGenerator(random_state=spec.seed, max_concurrent=concurrency)
         metric, mode = objective.metric, objective.mode
 
     shown = list(spec.distributions) or list(spec.fixed)
@@ -157,7 +159,10 @@ def make_tuner(spec: StudySpec, storage: str, resume: bool) -> Any:
             mode=mode,
             num_samples=spec.num_samples,
             # without it Tune keeps one Optuna trial pending at a time
-            max_concurrent_trials=_concurrency(spec),
+            max_concurrent_trials=concurrency if spec.mode == "optuna" else None,
+            # one process per concurrent slot, reused by the next trial: no spawn and no torch
+            # import per trial
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=spec.name,

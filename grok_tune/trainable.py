@@ -10,18 +10,25 @@ from __future__ import annotations
 import platform
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
-import torch
 from ray import tune
 
 from grok_tune import metrics as m
-from grok_tune.tensorboard_log import TrialLog
-from grok_tune.train import STATE_FILE, TrainConfig, Trainer
+from grok_tune.config import TrainConfig
+
+if TYPE_CHECKING:
+    from grok_tune.train import Trainer
 
 
 def grokking_trial(config: dict[str, Any], checkpoint_every: int = 1000) -> None:
+    # torch loads here, in the trial's process: the driver only pickles this function
+    import torch
+
+    from grok_tune.tensorboard_log import TrialLog
+    from grok_tune.train import STATE_FILE, Trainer
+
     cfg = TrainConfig(**config)
     ctx = tune.get_context()
     resources = ctx.get_trial_resources().required_resources

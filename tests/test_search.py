@@ -145,6 +145,28 @@ def test_existing_study_is_not_overwritten(grid_study, capsys):
     assert (grid_study / "trials.parquet").stat().st_mtime == before
 
 
+def test_max_concurrent_holds_for_grids(tmp_path):
+    # Tune ignores max_concurrent_trials for a grid's search algorithm: grok_tune must pass it
+    spec = {
+        "name": "one_at_a_time",
+        "mode": "grid",
+        "max_concurrent": 1,
+        "params": {**TINY_PARAMS, "steps": 300, "frac": {"grid": [0.5, 0.7]}},
+    }
+    space = write_study(tmp_path, **spec)
+    assert search.main(["--space", str(space), "--storage", str(tmp_path)]) == 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    spans = []
+    for trial_dir in read_trials(str(tmp_path / "one_at_a_time"))["trial_dir"]:
+        acc = EventAccumulator(trial_dir)
+        acc.Reload()
+        times = [e.wall_time for e in acc.Scalars(m.VAL_ACC)]
+        spans.append((min(times), max(times)))
+    (_, first_end), (second_start, _) = sorted(spans)
+    assert first_end < second_start
+
+
 def test_optuna_study_is_stored_beside_the_results(tmp_path):
     import optuna
 
