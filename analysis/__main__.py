@@ -13,6 +13,7 @@ from pathlib import Path
 
 from analysis import curves, embeddings, fraction_curve, importance, phase_map, summary
 from analysis.common import FRAC, AnalysisError, Study, base_parser, run_command
+from grok_tune.results import CURVES_FILE, TRIALS_FILE
 
 
 def _optional(what: str, draw: Callable[[], Path]) -> list[Path]:
@@ -25,6 +26,7 @@ def _optional(what: str, draw: Callable[[], Path]) -> list[Path]:
 
 
 def run_all(study: Study, out: Path | None = None) -> list[Path]:
+    """Every analysis that applies; the region map is the second path."""
     paths = [summary.write_summary(study, out)]
     paths.append(phase_map.plot_phase_map(study, out=out).path)
     paths.append(curves.plot_curves(study, out=out).path)
@@ -47,7 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     def body(study: Study, args: argparse.Namespace) -> list[Path]:
         paths = run_all(study, args.out)
-        print(f"\n{study.name}: {len(paths)} files written:")
+        # the study's outputs in one block at the end, where a user looks first
+        print(f"\nstudy {study.name}: {study.path}")
+        print(f"  region map:  {paths[1]}")
+        print(f"  results:     {study.path / TRIALS_FILE}")
+        print(f"               {study.path / CURVES_FILE}")
+        print(f"  TensorBoard: tensorboard --logdir {study.path}")
+        print(f"  {len(paths)} files written:")
         return paths
 
     return run_command(build_parser(), argv, body)

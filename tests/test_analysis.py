@@ -497,6 +497,7 @@ def test_every_figure_of_a_real_study(real_study, capsys):
     ]
     for path in expected:
         assert str(path) in printed
+    assert f"tensorboard --logdir {real_study}" in printed
     for path in expected[1:]:
         assert_png(path)
     assert len(list(figures.glob("embeddings_*.png"))) == 1
