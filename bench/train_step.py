@@ -10,13 +10,15 @@ cores; longer where other processes share them (it waits for them and retries)::
 What it compares, in one process on one machine, on Power et al.'s defaults (x/y mod 97,
 50 % training data, 2 layers, width 128, 4 heads, MLP 512, batch 512, AdamW lr 1e-3 wd 1):
 
-grok         ``grok_tune.train.Trainer`` itself, driven for a fixed step budget: fused AdamW and
-             the model's "last position only" final layer.
+grok         ``grok_tune.train.Trainer`` itself, driven for a fixed step budget: fused AdamW, the
+             model's "last position only" final layer and its shared prefix ('a ∘' computed
+             once per distinct a in the batch, not once per row).
 plain        the same model written the obvious way in this file: every layer on every position,
              logits of the last position taken afterwards, ``torch.optim.AdamW`` with default
              options, ``torch.randint`` batches, full-split evaluation under ``no_grad``.
 grok_adamw   ablation: Trainer with default (non-fused) AdamW.
-grok_full    ablation: Trainer with the shortcut off (every layer on every position), fused.
+grok_unshared  ablation: Trainer with the shared prefix off (last-only on), fused.
+grok_full    ablation: Trainer with both shortcuts off (every layer on every position), fused.
 plain_fused  ablation: the plain loop with fused AdamW.
 
 Each measurement runs ``--warmup`` untimed steps, then ``--steps`` timed steps with a full-split
@@ -71,12 +73,13 @@ WINDOW = 10  # training steps per timing window
 OTHER_MAX_CORES = 0.25  # a window is clean if other processes used fewer cores than this
 CLEAN_MIN_SHARE = 0.5  # a run with a smaller share of clean windows is retried
 USABLE_MIN_WINDOWS = 3  # a run with fewer clean windows is left out of the summary
-CONFIGS = ("grok", "plain", "grok_adamw", "grok_full", "plain_fused")
+CONFIGS = ("grok", "plain", "grok_adamw", "grok_unshared", "grok_full", "plain_fused")
 DESCRIPTIONS = {
-    "grok": "grok_tune Trainer (fused AdamW, last-only)",
+    "grok": "grok_tune Trainer (fused AdamW, last-only, shared prefix)",
     "plain": "plain loop (default AdamW, all positions)",
     "grok_adamw": "Trainer, default AdamW instead of fused",
-    "grok_full": "Trainer, last-only shortcut off",
+    "grok_unshared": "Trainer, shared prefix off",
+    "grok_full": "Trainer, last-only and shared prefix off",
     "plain_fused": "plain loop with fused AdamW",
 }
 MATMULS = {"2048x128@128x512": (2048, 128, 512), "1024^3": (1024, 1024, 1024)}
@@ -139,40 +142,53 @@ def plain_optimizer(model: nn.Module, fused: bool = False) -> torch.optim.AdamW:
 
 
 class NoShortcutTransformer(Transformer):
-    """grok_tune's model with the last-only shortcut off: every layer on every position."""
+    """grok_tune's model with both shortcuts off: every layer on every position of every row."""
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         x = self.drop(self.tok_emb(idx) + self.pos_emb.weight[: idx.shape[1]])
         for block in self.blocks:
-            x = block(x, last_only=False)
+            x, _ = block(x)
         return self.head(self.ln_f(x[:, -1]))
 
 
 # --- FLOP counting -----------------------------------------------------------------------
-def forward_flops_per_sample(cfg: ModelConfig, last_only_layers: int, head_positions: int) -> int:
-    """Matmul FLOPs (2 per multiply-add) of one sample's forward pass.
+PREFIX = 2  # 'a ∘': the positions the shared prefix computes once per distinct a
 
-    A full layer runs the QKV projection, the attention scores and the weighted sum (counted as
-    full T x T), the output projection and the MLP on all T positions; a last-only layer computes
-    keys and values on all T positions but the query, its attention row, the output projection
-    and the MLP on one.
+
+def layer_flops(cfg: ModelConfig, queries: int, new_keys: int, context: int) -> int:
+    """Matmul FLOPs (2 per multiply-add) of one block: the query projection, attention rows
+    (scores and weighted sum over ``context`` positions, causal masking not subtracted), output
+    projection and MLP on ``queries`` positions; keys and values on ``new_keys`` positions."""
+    C, M = cfg.d_model, cfg.d_mlp
+    qkv = 2 * queries * C * C + 2 * new_keys * C * 2 * C
+    return qkv + 2 * (2 * queries * context * C) + 2 * queries * C * C + 2 * (2 * queries * C * M)
+
+
+def forward_flops_per_sample(cfg: ModelConfig, config: str, batch: int) -> float:
+    """Matmul FLOPs of one sample's forward pass under ``config``'s shortcuts.
+
+    Last-only: the last block's queries, output projection and MLP on the '=' position alone.
+    Shared prefix: 'a ∘' through every block once per distinct prefix in the batch (counted as
+    min(p, batch), an upper bound), the rows' own blocks on positions 2.. only.
     """
-    T, C, M = cfg.seq_len, cfg.d_model, cfg.d_mlp
-    full = 2 * T * C * 3 * C + 2 * (2 * T * T * C) + 2 * T * C * C + 2 * (2 * T * C * M)
-    last = 2 * C * C + 2 * T * C * 2 * C + 2 * (2 * T * C) + 2 * C * C + 2 * (2 * C * M)
-    n_full = cfg.n_layers - last_only_layers
-    return n_full * full + last_only_layers * last + 2 * head_positions * C * cfg.num_classes
+    T, L = cfg.seq_len, cfg.n_layers
+    full = layer_flops(cfg, T, T, T)
+    if config in ("plain", "plain_fused", "grok_full"):
+        body: float = L * full
+    elif config == "grok_unshared":
+        body = (L - 1) * full + layer_flops(cfg, 1, T, T)
+    else:  # grok, grok_adamw
+        rows = (L - 1) * layer_flops(cfg, T - PREFIX, T - PREFIX, T)
+        rows += layer_flops(cfg, 1, T - PREFIX, T)
+        prefixes = min(cfg.num_classes, batch)
+        body = rows + prefixes / batch * L * layer_flops(cfg, PREFIX, PREFIX, PREFIX)
+    head_positions = T if config.startswith("plain") else 1
+    return body + 2 * head_positions * cfg.d_model * cfg.num_classes
 
 
-def step_flops(cfg: ModelConfig, batch: int, config: str) -> int:
+def step_flops(cfg: ModelConfig, batch: int, config: str) -> float:
     """Forward + backward (2x forward) matmul FLOPs of one training step of ``config``."""
-    if config in ("grok", "grok_adamw"):
-        fwd = forward_flops_per_sample(cfg, last_only_layers=1, head_positions=1)
-    elif config == "grok_full":
-        fwd = forward_flops_per_sample(cfg, last_only_layers=0, head_positions=1)
-    else:  # plain: head over every position
-        fwd = forward_flops_per_sample(cfg, last_only_layers=0, head_positions=cfg.seq_len)
-    return 3 * fwd * batch
+    return 3 * forward_flops_per_sample(cfg, config, batch) * batch
 
 
 # --- clocks that know when other processes shared the CPU ----------------------------------
@@ -352,6 +368,8 @@ def time_trainer(
         model = NoShortcutTransformer(trainer.model.cfg).to(device)
         model.load_state_dict(trainer.model.state_dict())
         trainer.model = model
+    if config == "grok_unshared":
+        trainer.model.cfg.shared_prefix = False
     if config in ("grok_adamw", "grok_full"):
         trainer.optimizer = torch.optim.AdamW(
             trainer.model.param_groups(cfg.weight_decay, cfg.decay_scope),
@@ -654,7 +672,7 @@ def main(argv: list[str] | None = None) -> int:
                     else ("  DISTURBED" + (", retry" if attempt < args.retries else ""))
                 )
                 print(
-                    f"  round {rnd} threads {th} {config:<11} {t.bare_rate:6.2f} steps/s bare "
+                    f"  round {rnd} threads {th} {config:<13} {t.bare_rate:6.2f} steps/s bare "
                     f"({1 / t.all_in_step_s:6.2f} all-in), {t.eval_rate:6.2f} with eval "
                     f"({1e3 * t.eval_s:4.0f} ms/eval); clean windows "
                     f"{sum(w.clean for w in t.windows)}/{len(t.windows)}"
@@ -720,7 +738,7 @@ def main(argv: list[str] | None = None) -> int:
             }
             per["configs"][config] = row
             lines.append(
-                f"{config:<12}{th:>4}{row['bare_steps_per_s']:>9.2f}"
+                f"{config:<14}{th:>4}{row['bare_steps_per_s']:>9.2f}"
                 f"{row['with_eval_steps_per_s']:>8.2f}{row['ms_per_step']:>9.1f}"
                 f"{row['ms_per_eval']:>9.0f}{row['gflop_per_step']:>10.3f}{gf:>9.1f}"
                 f"{row['useful_gflops']:>8.1f}{row['percent_of_matmul']:>6.0f}%"
@@ -730,14 +748,17 @@ def main(argv: list[str] | None = None) -> int:
             "grok/plain, bare step": paired("grok", "plain", th, "bare_rate"),
             "grok/plain, with eval every 100": paired("grok", "plain", th, "eval_rate"),
             "fused AdamW: grok/grok_adamw": paired("grok", "grok_adamw", th, "bare_rate"),
-            "last-only: grok/grok_full": paired("grok", "grok_full", th, "bare_rate"),
+            "shared prefix: grok/grok_unshared": paired("grok", "grok_unshared", th, "bare_rate"),
+            "last-only: grok_unshared/grok_full": paired(
+                "grok_unshared", "grok_full", th, "bare_rate"
+            ),
             "fused AdamW on plain: plain_fused/plain": paired(
                 "plain_fused", "plain", th, "bare_rate"
             ),
             "the rest (code, loop): grok_full/plain_fused": paired(
                 "grok_full", "plain_fused", th, "bare_rate"
             ),
-            "FLOPs plain/grok (ideal last-only gain)": flops["plain"] / flops["grok"],
+            "FLOPs plain/grok (ideal gain of both shortcuts)": flops["plain"] / flops["grok"],
         }
         per["breakdown_ms"] = breakdown[th]
         per["breakdown_other_cores"] = breakdown_others[th]
@@ -745,7 +766,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print("\n=== steps/s (median over usable runs), FLOP rates ===")
     print(
-        f"{'config':<12}{'thr':>4}{'steps/s':>9}{'+eval':>8}{'ms/step':>9}{'ms/eval':>9}"
+        f"{'config':<14}{'thr':>4}{'steps/s':>9}{'+eval':>8}{'ms/step':>9}{'ms/eval':>9}"
         f"{'GFLOP/st':>10}{'GFLOP/s':>9}{'useful':>8}{'%peak':>7}{'runs':>6}  what"
     )
     print("\n".join(lines))

@@ -18,11 +18,13 @@ def ray_session():
     ray.shutdown()
 
 
-# A task that memorizes, then generalizes, in about a second on one core (tests/test_train.py)
+# A task that memorizes, then generalizes, in about 2 s on one core: lr 5e-3, as 1e-2 sits at
+# the edge of stability here (train accuracy collapses and recovers) and its outcome then
+# changes with the float rounding of the thread count
 TINY_PARAMS = {
     "op": "x+y",
     "p": 23,
-    "lr": 1e-2,
+    "lr": 5e-3,
     "n_layers": 1,
     "d_model": 64,
     "d_mlp": 256,

@@ -37,12 +37,29 @@ def reference_forward(model: Transformer, idx: torch.Tensor) -> torch.Tensor:
     return model.head(model.ln_f(x))[:, -1]
 
 
+@pytest.mark.parametrize("shared_prefix", [True, False])
 @pytest.mark.parametrize("n_layers", [1, 2, 3])
-def test_last_position_shortcut_is_exact(n_layers):
+def test_shortcuts_are_exact(n_layers, shared_prefix):
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(vocab_size=13, num_classes=11, n_layers=n_layers)).eval()
-    idx = torch.randint(0, 13, (64, 4))
-    torch.testing.assert_close(model(idx), reference_forward(model, idx), rtol=1e-5, atol=1e-5)
+    cfg = ModelConfig(vocab_size=13, num_classes=11, n_layers=n_layers, shared_prefix=shared_prefix)
+    model = Transformer(cfg)
+    idx = torch.randint(0, 13, (64, 4))  # any (a, ∘) pairs, not one operator token
+    out, ref = model(idx), reference_forward(model, idx)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    # and the gradients: every row's share of its prefix flows back to the shared computation
+    grads = torch.autograd.grad(out.square().sum(), list(model.parameters()))
+    grads_ref = torch.autograd.grad(ref.square().sum(), list(model.parameters()))
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-5)
+
+
+def test_dropout_runs_every_row_on_its_own():
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=13, num_classes=11, dropout=0.5))
+    idx = torch.tensor([[1, 11, 2, 12]] * 2)
+    # shared prefixes would give both rows the same dropout mask, hence the same logits
+    assert not torch.allclose(*model(idx))
+    torch.testing.assert_close(*model.eval()(idx))
 
 
 def test_attention_is_causal():
@@ -50,10 +67,10 @@ def test_attention_is_causal():
     model = Transformer(ModelConfig(vocab_size=13, num_classes=11, n_layers=2)).eval()
     a = torch.tensor([[1, 11, 2, 12]])
     # changing a later token must not change an earlier position's state in layer one
-    h1 = model.blocks[0](model.tok_emb(a) + model.pos_emb.weight)
+    h1, _ = model.blocks[0](model.tok_emb(a) + model.pos_emb.weight)
     b = a.clone()
     b[0, 2] = 5
-    h2 = model.blocks[0](model.tok_emb(b) + model.pos_emb.weight)
+    h2, _ = model.blocks[0](model.tok_emb(b) + model.pos_emb.weight)
     torch.testing.assert_close(h1[:, :2], h2[:, :2])
     assert not torch.allclose(h1[:, 2:], h2[:, 2:])
 

@@ -10,12 +10,13 @@ from grok_tune import metrics as m
 from grok_tune import train
 from grok_tune.train import TrainConfig, Trainer
 
-# x+y mod 31 on a 1-layer, width-64 model: memorizes, then generalizes, in about 2 s on CPU
+# x+y mod 31 on a 1-layer, width-64 model: memorizes by step ~250, generalizes by ~950, in
+# about 3 s on CPU (at lr 1e-2 it is unstable, and the outcome turns on float rounding)
 TINY = dict(
     op="x+y",
     p=31,
     frac=0.6,
-    lr=1e-2,
+    lr=5e-3,
     weight_decay=1.0,
     n_layers=1,
     d_model=64,
