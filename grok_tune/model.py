@@ -118,10 +118,13 @@ class Transformer(nn.Module):
         """Token ids (B, T) -> logits over the answer at the last position (B, num_classes)."""
         last = len(self.blocks) - 1
         x = self.tok_emb(idx) + self.pos_emb.weight[: idx.shape[1]]
-        if self.cfg.shared_prefix and not (self.training and self.cfg.dropout > 0):
+        dropout = self.training and self.cfg.dropout > 0
+        if self.cfg.shared_prefix and last > 0 and not dropout:
             # Under causal attention the positions of 'a ∘' depend on a alone: run them once
             # per distinct prefix in the batch (at most p of them, against 512 rows) and give
-            # every row its prefix's keys and values. Dropout would differ row by row.
+            # every row its prefix's keys and values. Not with dropout (masks differ row by
+            # row), nor with one layer (only the prefix's keys and values would be saved:
+            # measured slower than the gather costs).
             V = self.cfg.vocab_size  # one integer per (a, ∘): 1-D unique is a plain sort
             keys, row = (idx[:, 0] * V + idx[:, 1]).unique(return_inverse=True)
             prefixes = torch.stack((keys // V, keys % V), dim=1)
