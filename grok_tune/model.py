@@ -126,12 +126,15 @@ class Transformer(nn.Module):
             # row), nor with one layer (only the prefix's keys and values would be saved:
             # measured slower than the gather costs).
             V = self.cfg.vocab_size  # one integer per (a, ∘): 1-D unique is a plain sort
-            keys, row = (idx[:, 0] * V + idx[:, 1]).unique(return_inverse=True)
-            prefixes = torch.stack((keys // V, keys % V), dim=1)
+            ids, row = (idx[:, 0] * V + idx[:, 1]).unique(return_inverse=True)
+            prefixes = torch.stack((ids // V, ids % V), dim=1)
             xp, x = self.tok_emb(prefixes) + self.pos_emb.weight[:2], x[:, 2:]
             for i, block in enumerate(self.blocks):
                 xp, (k, v) = block(xp)
-                x, _ = block(x, (k[row], v[row]), last_only=i == last)
+                # index_select, not k[row]: its backward sums rows in a fixed order on CPU
+                # threads, so that runs stay deterministic and resume bit-for-bit
+                shared = (k.index_select(0, row), v.index_select(0, row))
+                x, _ = block(x, shared, last_only=i == last)
         else:
             x = self.drop(x)
             for i, block in enumerate(self.blocks):
