@@ -65,7 +65,7 @@ from torch import nn
 
 from grok_tune import metrics as m
 from grok_tune.data import Dataset
-from grok_tune.model import ModelConfig, Transformer
+from grok_tune.model import PREFIX, ModelConfig, Transformer
 from grok_tune.train import Record, TrainConfig, Trainer
 
 EVAL_EVERY = 100
@@ -152,9 +152,6 @@ class NoShortcutTransformer(Transformer):
 
 
 # --- FLOP counting -----------------------------------------------------------------------
-PREFIX = 2  # 'a ∘': the positions the shared prefix computes once per distinct a
-
-
 def layer_flops(cfg: ModelConfig, queries: int, new_keys: int, context: int) -> int:
     """Matmul FLOPs (2 per multiply-add) of one block: the query projection, attention rows
     (scores and weighted sum over ``context`` positions, causal masking not subtracted), output
@@ -175,7 +172,7 @@ def forward_flops_per_sample(cfg: ModelConfig, config: str, batch: int) -> float
     full = layer_flops(cfg, T, T, T)
     if config in ("plain", "plain_fused", "grok_full"):
         body: float = L * full
-    elif config == "grok_unshared":
+    elif config == "grok_unshared" or L == 1:  # the model shares prefixes from 2 layers on
         body = (L - 1) * full + layer_flops(cfg, 1, T, T)
     else:  # grok, grok_adamw
         rows = (L - 1) * layer_flops(cfg, T - PREFIX, T - PREFIX, T)

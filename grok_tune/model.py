@@ -37,6 +37,7 @@ class ModelConfig:
 
 
 KeysValues = tuple[torch.Tensor, torch.Tensor]  # (B, heads, positions, head width) each
+PREFIX = 2  # 'a ∘': the positions that, under causal attention, depend on a alone
 
 
 class Attention(nn.Module):
@@ -127,8 +128,8 @@ class Transformer(nn.Module):
             # measured slower than the gather costs).
             V = self.cfg.vocab_size  # one integer per (a, ∘): 1-D unique is a plain sort
             ids, row = (idx[:, 0] * V + idx[:, 1]).unique(return_inverse=True)
-            prefixes = torch.stack((ids // V, ids % V), dim=1)
-            xp, x = self.tok_emb(prefixes) + self.pos_emb.weight[:2], x[:, 2:]
+            prefixes = torch.stack((ids // V, ids % V), dim=1)  # (distinct prefixes, PREFIX)
+            xp, x = self.tok_emb(prefixes) + self.pos_emb.weight[:PREFIX], x[:, PREFIX:]
             for i, block in enumerate(self.blocks):
                 xp, (k, v) = block(xp)
                 # index_select, not k[row]: its backward sums rows in a fixed order on CPU
