@@ -13,7 +13,7 @@ from pathlib import Path
 
 from analysis import curves, embeddings, fraction_curve, importance, phase_map, summary
 from analysis.common import FRAC, AnalysisError, Study, base_parser, run_command
-from grok_tune.results import CURVES_FILE, TRIALS_FILE
+from grok_tune.layout import CURVES_FILE, TRIALS_FILE
 
 
 def _optional(what: str, draw: Callable[[], Path]) -> list[Path]:

@@ -24,6 +24,15 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from grok_tune import metrics as m
+from grok_tune.cli import Parser
+from grok_tune.layout import (
+    CURVES_FILE,
+    FIGURES_DIR,
+    OPTUNA_FILE,
+    STUDY_FILE,
+    TRIAL_ID,
+    TRIALS_FILE,
+)
 from grok_tune.regions import (
     DEFAULT_RULE,
     REGION,
@@ -33,14 +42,7 @@ from grok_tune.regions import (
     RegionRule,
     classify_trials,
 )
-from grok_tune.results import (
-    CONFIG_SCHEMA,
-    CURVES_FILE,
-    TRIALS_FILE,
-    read_curves,
-    read_trials,
-)
-from grok_tune.search import OPTUNA_FILE, STUDY_FILE
+from grok_tune.results import CONFIG_SCHEMA, read_curves, read_trials
 from grok_tune.space import (
     Choice,
     Grid,
@@ -49,10 +51,10 @@ from grok_tune.space import (
     SpecError,
     StudySpec,
     Uniform,
+    load_yaml,
     parse_spec,
 )
 
-FIGURES_DIR = "figures"
 CONFIG_COLUMNS: tuple[str, ...] = tuple(name for name, _ in CONFIG_SCHEMA)
 # TrainConfig fields the analyses treat specially (tests check they are fields)
 SEED = "seed"  # repeats of a setting, never an axis of its own by default
@@ -111,7 +113,7 @@ class Study:
             raise AnalysisError(
                 f"{self.path}: no {CURVES_FILE}: run python -m grok_tune.search first"
             )
-        return read_curves(str(self.path))
+        return _read_table(self.path, CURVES_FILE, read_curves)
 
     @property
     def finished(self) -> pd.DataFrame:
@@ -175,10 +177,30 @@ def load_study(path: str | Path, rule: RegionRule = DEFAULT_RULE) -> Study:
             f"{path}: no {TRIALS_FILE}: run python -m grok_tune.search first"
             + ("" if path.is_dir() else " (no such directory)")
         )
-    study = Study(path, read_trials(str(path)), _read_spec(path), rule)
+    study = Study(path, _read_table(path, TRIALS_FILE, read_trials), _read_spec(path), rule)
     if rule != DEFAULT_RULE or (study.trials[REGION_RULE] != rule.describe()).any():
         study.trials = reclassify(study.trials, study.curves, rule)
     return study
+
+
+# what analysis needs of a trials table; a file without them is not grok_tune's
+REQUIRED_COLUMNS = (TRIAL_ID, m.STATUS, m.STEPS_TO_MEMORIZE, m.STEPS_TO_GENERALIZE, REGION)
+
+
+def _read_table(path: Path, name: str, read: Callable[[str], pd.DataFrame]) -> pd.DataFrame:
+    """A study's Parquet file, or AnalysisError naming it when it is damaged or foreign."""
+    try:
+        table = read(str(path))
+    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise AnalysisError(f"{path / name}: not a readable Parquet file ({reason})") from None
+    if name == TRIALS_FILE:
+        missing = [c for c in REQUIRED_COLUMNS if c not in table]
+        if missing:
+            raise AnalysisError(
+                f"{path / name}: not a grok_tune trials table (no column {', '.join(missing)})"
+            )
+    return table
 
 
 def _read_spec(path: Path) -> StudySpec | None:
@@ -186,8 +208,8 @@ def _read_spec(path: Path) -> StudySpec | None:
     if not file.is_file():
         return None
     try:
-        return parse_spec(yaml.safe_load(file.read_text()), str(file))
-    except (SpecError, yaml.YAMLError):
+        return parse_spec(load_yaml(file.read_text()), str(file))
+    except (SpecError, yaml.YAMLError, OSError, UnicodeDecodeError):
         return None  # an older or hand-edited file: fall back to what the trials show
 
 
@@ -197,8 +219,8 @@ def reclassify(trials: pd.DataFrame, curves: pd.DataFrame, rule: RegionRule) -> 
 
 
 # --- the commands' shared parts -----------------------------------------------------------------
-def base_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def base_parser(prog: str, description: str | None) -> Parser:
+    parser = Parser(
         prog=f"python -m {prog}",
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -238,7 +260,7 @@ def rule_from_args(args: argparse.Namespace) -> RegionRule:
 
 
 def run_command(
-    parser: argparse.ArgumentParser,
+    parser: Parser,
     argv: Sequence[str] | None,
     body: Callable[[Study, argparse.Namespace], Sequence[Path]],
 ) -> int:
@@ -247,11 +269,11 @@ def run_command(
     try:
         rule = rule_from_args(args)
     except ValueError as err:  # RegionRule's own checks, naming the option's value
-        parser.error(str(err))
+        parser.fail(str(err))
     try:
         paths = body(load_study(args.study, rule), args)
     except AnalysisError as err:
-        parser.exit(2, f"{parser.prog}: error: {err}\n")
+        parser.fail(str(err))
     for path in paths:
         print(path)
     return 0

@@ -38,7 +38,7 @@ from analysis.common import (
 )
 from grok_tune import metrics as m
 from grok_tune.data import S5_ELEMENTS, Perm, compose, is_s5
-from grok_tune.results import TRIAL_ID
+from grok_tune.layout import STATE_FILE, TRIAL_ID
 
 HEAD = "head.weight"  # grok_tune.model.Transformer's output layer: one row per answer class
 # (0 3)(1 4) and (1 2)(3 4) in one-line notation (i -> perm[i]), the paper's generators
@@ -70,7 +70,6 @@ def right_cosets(group: frozenset[Perm]) -> list[int]:
 
 def latest_checkpoint(study: Study, trial: pd.Series) -> Path:
     """The trial's newest checkpoint file; trial_dir may point where the study used to be."""
-    from grok_tune.train import STATE_FILE  # with torch: only this command needs it
 
     recorded = Path(str(trial["trial_dir"]))
     for folder in (recorded, study.path / recorded.name):
@@ -96,8 +95,11 @@ def load_head(path: Path) -> tuple[np.ndarray, dict, int]:
     """(head.weight as an array, the run's config, the checkpoint's step)."""
     import torch  # only here: the rest of analysis/ reads Parquet
 
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state["model"][HEAD].float().numpy(), state["config"], int(state["step"])
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return state["model"][HEAD].float().numpy(), state["config"], int(state["step"])
+    except Exception:  # torch raises many kinds for a file that is not ours
+        raise AnalysisError(f"{path}: not a grok_tune checkpoint (it cannot be read)") from None
 
 
 def embed_2d(weights: np.ndarray, perplexity: float | None) -> np.ndarray:

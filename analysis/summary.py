@@ -27,10 +27,9 @@ from analysis.common import (
 )
 from grok_tune import metrics as m
 from grok_tune.data import is_s5
+from grok_tune.layout import SUMMARY_FILE, TRIAL_ID
 from grok_tune.regions import REGION, REGIONS, Region
-from grok_tune.results import TRIAL_ID
 
-SUMMARY_FILE = "summary.txt"
 MAX_LISTED = 12  # fractions listed one by one per group; a sampled study has one per trial
 
 

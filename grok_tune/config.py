@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from grok_tune.data import OPERATIONS, check_operation
+from grok_tune.data import OPERATIONS, P_MAX, check_operation, check_split
 
 # Which parameters AdamW's weight decay touches is a research variable, not a detail:
 #   all                         every parameter, as in Power et al.'s AdamW(model.parameters())
@@ -18,11 +18,13 @@ DecayScope = Literal["all", "matrices", "matrices_except_embeddings"]
 class TrainConfig(BaseModel):
     """Every knob of one run: the same names in study files, the CLI, Parquet and TensorBoard."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     # task
     op: Literal[OPERATIONS] = "x/y"  # type: ignore[valid-type]
-    p: int = Field(97, ge=2, description="modulus (ignored for S5 operations)")
+    p: int = Field(
+        97, ge=2, le=P_MAX, description="modulus (ignored for S5 operations); the table is p²"
+    )
     frac: float = Field(0.5, gt=0, lt=1, description="training fraction of all equations")
     seed: int = Field(0, ge=0, description="split, initialisation, batches and dropout")
     # optimizer
@@ -54,6 +56,7 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
         check_operation(self.op, self.p)
+        check_split(self.op, self.p, self.frac)
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"d_model = {self.d_model} is not divisible by n_heads = {self.n_heads}"

@@ -10,7 +10,6 @@ cells as ``?``; ``--format csv`` prints every equation as ``a,b,c,split``.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import itertools
 import sys
@@ -19,10 +18,15 @@ from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING
 
+from grok_tune.cli import Parser
+
 if TYPE_CHECKING:
     import torch
 
 S5_PREFIX = "S5:"
+# The whole table is built in memory (p² equations): p = 1000 takes about 4 s and 0.5 GB here,
+# and the largest p the paper's experiments need is 113.
+P_MAX = 1000
 
 # Operations over Z_p: name -> (c(x, y, p) or None where undefined, needs an inverse mod p).
 _ZP_OPS: dict[str, tuple[Callable[[int, int, int], int | None], bool]] = {
@@ -81,6 +85,8 @@ def check_operation(op: str, p: int) -> None:
         return
     if p < 2:
         raise ValueError(f"p = {p}: the modulus must be at least 2")
+    if p > P_MAX:
+        raise ValueError(f"p = {p}: at most {P_MAX} (the table of p² equations is built in memory)")
     if _ZP_OPS[op][1] and not is_prime(p):
         raise ValueError(f"p = {p} is not prime: operation {op!r} needs an inverse mod p")
 
@@ -88,6 +94,27 @@ def check_operation(op: str, p: int) -> None:
 def num_elements(op: str, p: int) -> int:
     """Number of element tokens (and of answer classes)."""
     return len(S5_ELEMENTS) if is_s5(op) else p
+
+
+def table_size(op: str, p: int) -> int:
+    """Number of equations, without building the table (division skips y = 0)."""
+    if is_s5(op):
+        return len(S5_ELEMENTS) ** 2
+    return p * (p - 1) if op == "x/y" else p * p
+
+
+def check_split(op: str, p: int, frac: float) -> None:
+    """Raise ValueError unless ``frac`` leaves at least one equation on each side."""
+    if not 0.0 < frac < 1.0:
+        raise ValueError(f"frac = {frac}: the training fraction must lie strictly in (0, 1)")
+    total = table_size(op, p)
+    n_train = round(frac * total)
+    if not 0 < n_train < total:
+        where = op if is_s5(op) else f"{op}, p = {p}"
+        raise ValueError(
+            f"frac = {frac} of {total} equations ({where}) leaves {n_train} for training "
+            f"and {total - n_train} for validation: both need at least one"
+        )
 
 
 def element_name(op: str, i: int) -> str:
@@ -130,15 +157,9 @@ def split_mask(op: str, p: int, frac: float, seed: int) -> torch.Tensor:
     """
     import torch
 
-    if not 0.0 < frac < 1.0:
-        raise ValueError(f"frac = {frac}: the training fraction must lie strictly in (0, 1)")
+    check_split(op, p, frac)
     table = _table(op, p)
     n_train = round(frac * len(table))
-    if not 0 < n_train < len(table):
-        raise ValueError(
-            f"frac = {frac} of {len(table)} equations ({op}, p = {p}) leaves "
-            f"{n_train} for training and {len(table) - n_train} for validation: both need one"
-        )
     order = sorted(range(len(table)), key=lambda i: _split_key(seed, table[i][0], table[i][1]))
     mask = torch.zeros(len(table), dtype=torch.bool)
     mask[order[:n_train]] = True
@@ -206,17 +227,19 @@ def _print_csv(op: str, p: int, mask: torch.Tensor) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m grok_tune.data", description=__doc__)
+    parser = Parser(prog="python -m grok_tune.data", description=__doc__)
     parser.add_argument("--op", required=True, help=f"one of: {', '.join(OPERATIONS)}")
     parser.add_argument("--p", type=int, default=97, help="modulus (ignored for S5)")
     parser.add_argument("--frac", type=float, default=0.5, help="training fraction in (0, 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--format", choices=("table", "csv"), default="table")
     args = parser.parse_args(argv)
+    if args.seed < 0:
+        parser.fail(f"--seed {args.seed}: seeds are 0 or more")
     try:
         mask = split_mask(args.op, args.p, args.frac, args.seed)
     except ValueError as err:
-        parser.error(str(err))
+        parser.fail(str(err))
     try:
         (_print_csv if args.format == "csv" else _print_table)(args.op, args.p, mask)
     except BrokenPipeError:  # `| head` closed the pipe: not an error of ours

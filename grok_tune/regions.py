@@ -115,8 +115,11 @@ def classify_trials(
         out[m.STEPS_TO_MEMORIZE] = mem.astype("Int64")
         out[m.STEPS_TO_GENERALIZE] = gen.astype("Int64")
     status = out[m.STATUS].astype(str)
+    # an errored or unfinished trial has no region: its events so far are not its outcome
     regions = [
-        None if s == m.Status.ERROR else str(rule.classify(a, b, s == m.Status.DIVERGED))
+        None
+        if s in (m.Status.ERROR, m.Status.RUNNING)
+        else str(rule.classify(a, b, s == m.Status.DIVERGED))
         for a, b, s in zip(mem, gen, status, strict=True)
     ]
     out[REGION] = pd.Series(regions, index=out.index, dtype="string")

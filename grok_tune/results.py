@@ -20,11 +20,8 @@ import pyarrow.parquet as pq
 
 from grok_tune import metrics as m
 from grok_tune.config import TrainConfig
+from grok_tune.layout import CURVES_FILE, TRIAL_ID, TRIALS_FILE
 from grok_tune.regions import DEFAULT_RULE, REGION, REGION_RULE, RegionRule, classify_trials
-
-TRIALS_FILE = "trials.parquet"
-CURVES_FILE = "curves.parquet"
-TRIAL_ID = "trial_id"
 
 _OUTCOME_COLUMNS: dict[str, pa.DataType] = {
     m.STATUS: pa.string(),

@@ -14,10 +14,20 @@ A study file names every training setting it changes, each either fixed or a dis
 
 Settings not named keep ``TrainConfig``'s defaults (the paper's). Everything is checked before
 anything runs; errors name the file, the key and what is allowed.
+
+Numbers may be written as YAML 1.2 reads them: ``1e-3`` is the number 0.001 (PyYAML, a YAML 1.1
+reader, would read it as a string). Where a setting expects a number, a quoted number (``"7"``,
+``"1e-3"``) means that number too, as it does on the command line, where every value is text;
+every value is stored, passed to trials and written to Parquet as the setting's own type.
 """
 
 from __future__ import annotations
 
+import difflib
+import itertools
+import math
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -39,8 +49,24 @@ from grok_tune.config import TrainConfig
 Scalar = bool | int | float | str | None
 
 
+class _Yaml12Numbers(yaml.SafeLoader):
+    """A safe loader that also reads ``1e-3`` and ``1E5`` as floats, as YAML 1.2 does."""
+
+
+_Yaml12Numbers.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text (a study file, a stored study.yaml) with YAML 1.2's numbers."""
+    return yaml.load(text, Loader=_Yaml12Numbers)  # a SafeLoader: no arbitrary objects
+
+
 class _Dist(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     def candidates(self) -> list[Scalar]:
         """Values that must each be valid settings: the bounds, or every listed value."""
@@ -141,12 +167,17 @@ class Objective(BaseModel):
     mode: Literal["min", "max"] = "min"
 
 
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+# Settings of the study that --resume may change: how trials run, never what they compute.
+RESUMABLE = ("max_concurrent", "cpus_per_trial", "gpus_per_trial", "checkpoint_every")
+
+
 class StudySpec(BaseModel):
     """A study: what to search, how, and with which resources."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(pattern=NAME_PATTERN, description="the study's folder under the storage")
     description: str = ""
     mode: Literal["grid", "random", "optuna"]
     num_samples: int = Field(1, ge=1, description="grid: repeats of the grid; else: trials")
@@ -163,13 +194,19 @@ class StudySpec(BaseModel):
     @classmethod
     def _known_settings(cls, params: Any) -> Any:
         if isinstance(params, dict):
-            unknown = sorted(set(params) - set(TrainConfig.model_fields))
+            unknown = [k for k in params if k not in TrainConfig.model_fields]
             if unknown:
                 raise ValueError(
-                    f"unknown setting {', '.join(map(repr, unknown))}; "
-                    f"allowed: {', '.join(TrainConfig.model_fields)}"
+                    "; ".join(unknown_key(k, TrainConfig.model_fields, "setting") for k in unknown)
                 )
         return params
+
+    @field_validator("gpus_per_trial")
+    @classmethod
+    def _whole_or_share(cls, gpus: float) -> float:
+        if gpus > 1 and not gpus.is_integer():
+            raise ValueError(f"{gpus:g}: a share of one GPU (below 1) or a whole number of GPUs")
+        return gpus
 
     @model_validator(mode="after")
     def _consistent(self) -> StudySpec:
@@ -195,69 +232,202 @@ class StudySpec(BaseModel):
     def trial_config(self, sampled: dict[str, Any]) -> TrainConfig:
         return TrainConfig(**{**self.fixed, **sampled})
 
+    def grid_points(self) -> list[dict[str, Scalar]]:
+        """Every combination of the grid settings (one trial each per repeat), in Tune's order:
+        the last grid setting varies slowest."""
+        grids = {k: d.grid for k, d in self.distributions.items() if isinstance(d, Grid)}
+        combos = itertools.product(*reversed(grids.values()))
+        return [
+            {k: dict(zip(reversed(grids), combo, strict=True))[k] for k in grids}
+            for combo in combos
+        ]
+
+    def num_trials(self) -> int:
+        return self.num_samples * (len(self.grid_points()) if self.mode == "grid" else 1)
+
 
 class SpecError(ValueError):
     """A study file that cannot run; the message names the file, the key and what is allowed."""
 
 
-def _describe(err: ValidationError, where: str, prefix: tuple = ()) -> list[str]:
+# Names researchers reach for first, mapped to grok_tune's.
+ALIASES = {
+    "learning_rate": "lr", "wd": "weight_decay", "decay": "weight_decay",
+    "fraction": "frac", "train_frac": "frac", "train_fraction": "frac",
+    "training_fraction": "frac", "data_fraction": "frac", "modulus": "p", "prime": "p",
+    "operation": "op", "layers": "n_layers", "num_layers": "n_layers", "heads": "n_heads",
+    "num_heads": "n_heads", "width": "d_model", "d_ff": "d_mlp", "max_steps": "steps",
+    "num_steps": "steps", "budget": "steps", "batch": "batch_size", "warmup": "warmup_steps",
+    "samples": "num_samples", "trials": "num_samples", "concurrency": "max_concurrent",
+    "space": "params", "parameters": "params", "search_space": "params",
+}  # fmt: skip
+
+
+def unknown_key(key: str, allowed: Mapping[str, Any] | list[str], what: str = "key") -> str:
+    """ "unknown setting 'learning_rate' (did you mean 'lr'?); allowed: ..."."""
+    names = list(allowed)
+    guess = ALIASES.get(key) if ALIASES.get(key) in names else None
+    guess = guess or next(iter(difflib.get_close_matches(key, names, n=1, cutoff=0.7)), None)
+    hint = f" (did you mean {guess!r}?)" if guess else ""
+    return f"unknown {what} {key!r}{hint}; allowed: {', '.join(names)}"
+
+
+def _message(e: dict[str, Any], model: type[BaseModel] | None) -> str:
+    """pydantic's message, minus its "Value error, " prefix, with the allowed keys for an
+    unknown one and plain words for the study name's pattern."""
+    loc = e["loc"]
+    if e["type"] == "extra_forbidden" and model is not None:
+        owner = model
+        for part in loc[:-1]:  # nested models (objective.*)
+            field = owner.model_fields.get(str(part))
+            annotation = field.annotation if field else None
+            owner = annotation if isinstance(annotation, type) else owner
+        return unknown_key(str(loc[-1]), owner.model_fields)
+    if e["type"] == "string_pattern_mismatch" and loc == ("name",):
+        return (
+            f"{e['input']!r} cannot name a study folder: letters, digits, '_', '.' and '-' "
+            "only, beginning with a letter or a digit"
+        )
+    return str(e["msg"]).removeprefix("Value error, ")
+
+
+def _describe(
+    err: ValidationError,
+    where: str,
+    prefix: tuple = (),
+    model: type[BaseModel] | None = None,
+    flags: Mapping[str, str] | None = None,
+) -> list[str]:
+    """One line per error: 'where: key.path: message', or '--flag: message' for a key that
+    came from the command line."""
     lines = []
     for e in err.errors(include_url=False):
         loc: list[str] = []
         for part in map(str, (*prefix, *e["loc"])):
             if not loc or loc[-1] != part:  # the union's tag repeats the distribution's key
                 loc.append(part)
-        lines.append(f"{where}: {'.'.join(loc) or '(top level)'}: {e['msg']}")
+        message = _message(e, model)
+        if e["type"] == "extra_forbidden":
+            loc = loc[:-1]  # the message names the key itself
+        if flags and e["loc"] and str(e["loc"][0]) in flags:
+            given = f" {e['input']!r}" if repr(e["input"]) not in message else ""
+            lines.append(f"{flags[str(e['loc'][0])]}{given}: {message}")
+        else:
+            lines.append(f"{where}: {'.'.join(loc) or '(top level)'}: {message}")
     return list(dict.fromkeys(lines))
 
 
-def _check_values(spec: StudySpec, where: str) -> list[str]:
-    """Every fixed value and every bound or listed value must be a valid TrainConfig setting."""
+def _kind_name(dist: _Dist) -> str:
+    return next(iter(type(dist).model_fields))
+
+
+def _normalize(spec: StudySpec, where: str) -> tuple[StudySpec, list[str]]:
+    """Every fixed value and every bound or listed value checked as a TrainConfig setting, and
+    replaced by its value as that setting's type ("1e-3" -> 0.001, "7" -> 7), so that Tune,
+    the trials and Parquet only ever see the setting's own type."""
     try:
-        TrainConfig(**spec.fixed)
+        base = TrainConfig(**spec.fixed)
     except ValidationError as err:
-        return _describe(err, where, ("params",))
+        return spec, _describe(err, where, ("params",))
+    params: dict[str, Any] = {k: getattr(base, k) for k in spec.fixed}
     problems = []
     for key, dist in spec.distributions.items():
+        kind, values = _kind_name(dist), []
         for i, value in enumerate(dist.candidates()):
             try:
-                TrainConfig(**{**spec.fixed, key: value})
+                values.append(getattr(TrainConfig(**{**spec.fixed, key: value}), key))
             except ValidationError as err:
-                kind = next(iter(type(dist).model_fields))
                 for e in err.errors(include_url=False):
+                    msg = _message(e, None)
                     problems.append(
-                        f"{where}: params.{key}.{kind}[{i}] = {value!r}: {e['msg']}"
+                        f"{where}: params.{key}.{kind}[{i}] = {value!r}: {msg}"
                         if e["loc"] in ((key,), ())
-                        else f"{where}: params.{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                        else f"{where}: params.{'.'.join(map(str, e['loc']))}: {msg}"
                     )
+        repeated = sorted({repr(v) for v in values if values.count(v) > 1})
+        if isinstance(dist, Grid | Choice) and repeated:
+            problems.append(f"{where}: params.{key}.{kind}: {', '.join(repeated)} listed twice")
+        if isinstance(dist, Grid | Choice) and len(values) == len(dist.candidates()):
+            params[key] = type(dist)(**{kind: values})
+        else:
+            params[key] = dist
+    return spec.model_copy(update={"params": params}), problems
+
+
+# Every combination of the candidate values is built as a TrainConfig before anything runs: a
+# study's points are the grid's, and a distribution's bounds stand for its range (a setting
+# that fails inside a range but not at its ends, e.g. a prime-only p between two primes, is
+# caught only when the trial is made). Beyond this many combinations only the first are tried.
+MAX_COMBINATIONS = 20_000
+MAX_REPORTED = 5
+
+
+def _check_combinations(spec: StudySpec, where: str) -> list[str]:
+    names = list(spec.distributions)
+    lists = [d.candidates() for d in spec.distributions.values()]
+    if math.prod(map(len, lists)) <= 1:
+        return []
+    problems: list[str] = []
+    failed = 0
+    for combo in itertools.islice(itertools.product(*lists), MAX_COMBINATIONS):
+        point = dict(zip(names, combo, strict=True))
+        try:
+            TrainConfig(**{**spec.fixed, **point})
+        except ValidationError as err:
+            failed += 1
+            if len(problems) < MAX_REPORTED:
+                shown = ", ".join(f"{k} = {v!r}" for k, v in point.items())
+                reasons = "; ".join(_message(e, None) for e in err.errors(include_url=False))
+                problems.append(f"{where}: params: the combination {shown} cannot run: {reasons}")
+    if failed > len(problems):
+        problems.append(f"{where}: params: and {failed - len(problems)} more such combinations")
     return problems
 
 
-def parse_spec(data: Any, where: str = "<study>", **overrides: Any) -> StudySpec:
-    """Validate a study's data (and CLI overrides, same names) -> StudySpec, or SpecError."""
+# key -> (value, where it came from: '--cpus-per-trial', ...)
+Overrides = Mapping[str, tuple[Any, str]]
+
+
+def parse_spec(data: Any, where: str = "<study>", overrides: Overrides | None = None) -> StudySpec:
+    """Validate a study's data -> StudySpec, or SpecError.
+
+    ``overrides`` maps a key to (value, where it came from, e.g. '--cpus-per-trial'): the value
+    replaces the file's, and an error in it is reported under its own name, not the file's.
+    """
+    if data is None:
+        raise SpecError(f"{where}: the study file is empty")
     if not isinstance(data, dict):
         raise SpecError(f"{where}: a study file is a mapping of keys to values, got {data!r}")
-    data = {**data, **{k: v for k, v in overrides.items() if v is not None}}
+    given = {k: v for k, (v, _) in (overrides or {}).items() if v is not None}
+    flags = {k: label for k, (v, label) in (overrides or {}).items() if v is not None}
     try:
-        spec = StudySpec.model_validate(data)
+        spec = StudySpec.model_validate({**data, **given})
     except ValidationError as err:
-        raise SpecError("\n".join(_describe(err, where))) from None
-    problems = _check_values(spec, where)
+        raise SpecError("\n".join(_describe(err, where, model=StudySpec, flags=flags))) from None
+    spec, problems = _normalize(spec, where)
+    problems = problems or _check_combinations(spec, where)
     if problems:
         raise SpecError("\n".join(problems))
     return spec
 
 
-def load_spec(path: str | Path, **overrides: Any) -> StudySpec:
+def read_study_file(path: str | Path) -> Any:
+    """A study file's YAML data, or SpecError saying why it cannot be read."""
     path = Path(path)
     try:
-        with path.open() as f:
-            data = yaml.safe_load(f)
+        return load_yaml(path.read_bytes().decode("utf-8"))
+    except IsADirectoryError:
+        raise SpecError(f"{path}: is a folder, not a study file") from None
     except OSError as err:
         raise SpecError(f"{path}: cannot read the study file: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not a text file (a study file is UTF-8 YAML)") from None
     except yaml.YAMLError as err:
         raise SpecError(f"{path}: not valid YAML: {err}") from None
-    return parse_spec(data, str(path), **overrides)
+
+
+def load_spec(path: str | Path, overrides: Overrides | None = None) -> StudySpec:
+    return parse_spec(read_study_file(path), str(path), overrides)
 
 
 def is_log_scale(name: str) -> bool:

@@ -24,11 +24,10 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 
 from grok_tune import metrics as m
+from grok_tune.cli import Parser
 from grok_tune.config import TrainConfig
 from grok_tune.data import is_s5, make_dataset
 from grok_tune.model import ModelConfig, Transformer
-
-STATE_FILE = "trainer.pt"  # a trial checkpoint's file: Trainer.state_dict() through torch.save
 
 Record = dict[str, Any]
 
@@ -188,8 +187,15 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["config"] != self.cfg.model_dump():
-            raise ValueError("checkpoint was written by a run with a different configuration")
+        mine = self.cfg.model_dump()
+        if state["config"] != mine:
+            differ = [k for k in mine if state["config"].get(k) != mine[k]]
+            raise ValueError(
+                "checkpoint was written by a run with a different configuration: "
+                + ", ".join(
+                    f"{k} {state['config'].get(k)!r} there, {mine[k]!r} here" for k in differ
+                )
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.batch_rng.set_state(state["batch_rng"])
@@ -242,8 +248,22 @@ def _cli_flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
+    return value
+
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def build_parser() -> Parser:
+    parser = Parser(
         prog="python -m grok_tune.train",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -257,42 +277,96 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="V",
             help=f"{field.description or ''} (default {field.default})".strip(),
         )
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--out", type=Path, required=True, help="output directory (new or empty)")
     parser.add_argument("--device", default=default_device(), help="cpu or cuda[:N]")
-    parser.add_argument("--threads", type=int, default=available_cpus())
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    parser.add_argument("--checkpoint-every", type=int, default=1000, metavar="STEPS")
+    parser.add_argument("--threads", type=_positive_int, default=available_cpus())
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help=f"continue the run in OUT from OUT/{CHECKPOINT_FILE}, with OUT/{CONFIG_FILE}'s "
+        "settings (settings given again must match)",
+    )
+    parser.add_argument("--checkpoint-every", type=_positive_int, default=1000, metavar="STEPS")
     return parser
 
 
-def parse_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> TrainConfig:
+def parse_config(
+    parser: Parser, args: argparse.Namespace, base: dict[str, Any] | None = None
+) -> TrainConfig:
     given = {k: v for k, v in vars(args).items() if k in TrainConfig.model_fields and v is not None}
     for key in ("batch_size", "stop_after_generalized", "confusion_step"):
         if isinstance(given.get(key), str) and given[key].lower() in ("none", "null"):
             given[key] = None
     try:
-        return TrainConfig(**given)
+        return TrainConfig(**{**(base or {}), **given})
     except ValidationError as err:
         problems = []
         for e in err.errors(include_url=False):
-            where = _cli_flag(str(e["loc"][0])) if e["loc"] else "config"
-            problems.append(f"{where}: {e['msg']}")
-        parser.error("; ".join(problems))
+            where = _cli_flag(str(e["loc"][0])) if e["loc"] else "settings"
+            problems.append(f"{where}: {str(e['msg']).removeprefix('Value error, ')}")
+        parser.fail("; ".join(problems))
+
+
+def check_device(device: str) -> str | None:
+    """Why ``device`` cannot run a trial here, or None."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        return f"--device {device}: not a device name (cpu, cuda, cuda:N)"
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            return f"--device {device}: torch sees no CUDA device here; use --device cpu"
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            return f"--device {device}: there are {torch.cuda.device_count()} CUDA devices"
+    elif dev.type != "cpu":
+        return f"--device {device}: grok_tune runs on cpu or cuda"
+    return None
+
+
+def _stored_config(parser: Parser, out: Path) -> dict[str, Any]:
+    path = out / CONFIG_FILE
+    if not path.is_file():
+        parser.fail(f"--resume: no run to resume in {out} (no {CONFIG_FILE})")
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        parser.fail(f"--resume: {path} cannot be read: {err}")
+    if not isinstance(stored, dict):
+        parser.fail(f"--resume: {path} is not a run's settings")
+    return stored
 
 
 def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
+    from grok_tune.layout import folder_problem
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    cfg = parse_config(parser, args)
+    out: Path = args.out
+    problem = folder_problem(out)
+    if problem:
+        parser.fail(f"--out {out}: {problem}")
+    if not args.resume and out.is_dir() and any(out.iterdir()):
+        parser.fail(f"--out {out}: not empty: --resume the run there, or choose another folder")
+    cfg = parse_config(parser, args, _stored_config(parser, out) if args.resume else None)
+    problem = check_device(args.device)
+    if problem:
+        parser.fail(problem)
     torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg, args.device)
-    ckpt = args.out / "checkpoint.pt"
+    ckpt = out / CHECKPOINT_FILE
     if args.resume and ckpt.exists():
-        trainer.load(ckpt)
-    (args.out / "config.json").write_text(json.dumps(cfg.model_dump(), indent=2) + "\n")
+        try:
+            trainer.load(ckpt)
+        except ValueError as err:  # another run's checkpoint: say which settings differ
+            parser.fail(f"--resume: {ckpt}: {err}")
+        except Exception:
+            parser.fail(f"--resume: {ckpt} is not a grok_tune checkpoint (it cannot be read)")
+    elif args.resume:
+        print(f"no {CHECKPOINT_FILE} in {out} yet: starting the run from step 0")
+    out.mkdir(parents=True, exist_ok=True)  # only now: a refused command leaves nothing behind
+    (out / CONFIG_FILE).write_text(json.dumps(cfg.model_dump(), indent=2) + "\n")
 
     bar = tqdm(total=cfg.steps, initial=trainer.step, unit="step", dynamic_ncols=True)
 
@@ -306,13 +380,13 @@ def main(argv: list[str] | None = None) -> int:
     bar.close()
     import pandas as pd
 
-    pd.DataFrame(trainer.history).to_csv(args.out / "curve.csv", index=False)
+    pd.DataFrame(trainer.history).to_csv(out / "curve.csv", index=False)
     outcome = {**cfg.model_dump(), **trainer.summary(), **final}
-    (args.out / "outcome.json").write_text(json.dumps(outcome, indent=2) + "\n")
+    (out / "outcome.json").write_text(json.dumps(outcome, indent=2) + "\n")
     print(
         f"{final[m.STATUS]}: memorized at step {final[m.STEPS_TO_MEMORIZE]}, generalized at step "
         f"{final[m.STEPS_TO_GENERALIZE]} (None = not within {trainer.step} steps); "
-        f"{trainer.step / max(final[m.ELAPSED_S], 1e-9):.1f} steps/s; results in {args.out}"
+        f"{trainer.step / max(final[m.ELAPSED_S], 1e-9):.1f} steps/s; results in {out}"
     )
     return 0
 

@@ -26,8 +26,9 @@ def grokking_trial(config: dict[str, Any], checkpoint_every: int = 1000) -> None
     # torch loads here, in the trial's process: the driver only pickles this function
     import torch
 
+    from grok_tune.layout import STATE_FILE
     from grok_tune.tensorboard_log import TrialLog
-    from grok_tune.train import STATE_FILE, Trainer
+    from grok_tune.train import Trainer
 
     cfg = TrainConfig(**config)
     ctx = tune.get_context()

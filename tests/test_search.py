@@ -155,15 +155,7 @@ def test_max_concurrent_holds_for_grids(tmp_path):
     }
     space = write_study(tmp_path, **spec)
     assert search.main(["--space", str(space), "--storage", str(tmp_path)]) == 0
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    spans = []
-    for trial_dir in read_trials(str(tmp_path / "one_at_a_time"))["trial_dir"]:
-        acc = EventAccumulator(trial_dir)
-        acc.Reload()
-        times = [e.wall_time for e in acc.Scalars(m.VAL_ACC)]
-        spans.append((min(times), max(times)))
-    (_, first_end), (second_start, _) = sorted(spans)
+    (_, first_end), (second_start, _) = _trial_spans(tmp_path / "one_at_a_time")
     assert first_end < second_start
 
 
@@ -233,11 +225,36 @@ def outcomes(study: Path) -> pd.DataFrame:
     return read_trials(str(study))[OUTCOME].sort_values(["frac", "weight_decay"], ignore_index=True)
 
 
-def test_killed_study_resumes_to_the_same_outcomes(tmp_path, ray_session):
-    reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
-    space = write_study(tmp_path, **RESUMABLE)
-    assert search.main(["--space", str(space), "--storage", str(reference_dir)]) == 0
+@pytest.fixture(scope="module")
+def reference_outcomes(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("reference")
+    space = write_study(tmp, **RESUMABLE)
+    assert search.main(["--space", str(space), "--storage", str(tmp)]) == 0
+    return outcomes(tmp / "resumable")
 
+
+def _any_trial_done(study: Path) -> bool:
+    for result in study.glob("*/result.json"):
+        if '"done_training": true' in result.read_text():
+            return True
+    return False
+
+
+# the moments a driver may die: before any trial has a checkpoint, once one has, and once a
+# trial has finished while others still run
+KILL_MOMENTS = {
+    "started": lambda study: bool(list(study.glob("*/result.json"))),
+    "checkpointed": lambda study: bool(list(study.glob("*/checkpoint_*"))),
+    "one finished": _any_trial_done,
+}
+
+
+@pytest.mark.parametrize("moment", list(KILL_MOMENTS))
+def test_killed_study_resumes_to_the_same_outcomes(
+    tmp_path, ray_session, reference_outcomes, moment
+):
+    killed_dir = tmp_path / "killed"
+    space = write_study(tmp_path, **RESUMABLE)
     cmd = [
         sys.executable,
         "-m",
@@ -257,10 +274,9 @@ def test_killed_study_resumes_to_the_same_outcomes(tmp_path, ray_session):
     )
     study = killed_dir / "resumable"
     deadline = time.monotonic() + 240
-    # kill once some trial has a checkpoint but the study is not done
-    while time.monotonic() < deadline and not list(study.glob("*/checkpoint_*")):
+    while time.monotonic() < deadline and not KILL_MOMENTS[moment](study):
         time.sleep(0.2)
-    time.sleep(1.5)
+    time.sleep(1.0)
     assert proc.poll() is None, "the study finished before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -271,6 +287,69 @@ def test_killed_study_resumes_to_the_same_outcomes(tmp_path, ray_session):
     assert len(resumed) == 4 and resumed["trial_id"].is_unique
     assert (resumed[m.STATUS] != m.Status.RUNNING).all()
     # bit-for-bit resume on CPU: the same outcomes as the study never killed
-    pd.testing.assert_frame_equal(outcomes(study), outcomes(reference_dir / "resumable"))
+    pd.testing.assert_frame_equal(outcomes(study), reference_outcomes)
     curves = read_curves(str(study))
     assert not curves.duplicated(["trial_id", m.STEP]).any()
+
+
+def _trial_spans(study: Path) -> list[tuple[float, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    spans = []
+    for trial_dir in read_trials(str(study))["trial_dir"]:
+        acc = EventAccumulator(trial_dir)
+        acc.Reload()
+        times = [e.wall_time for e in acc.Scalars(m.VAL_ACC)]
+        spans.append((min(times), max(times)))
+    return sorted(spans)
+
+
+def test_a_study_stuck_on_resources_is_fixed_by_resume(tmp_path, ray_session, capsys):
+    """On a cluster an impossible request waits (and says so); --resume with other resources
+    and concurrency runs it, while the search itself cannot change."""
+    spec = {
+        "name": "stuck",
+        "mode": "grid",
+        "params": {**TINY_PARAMS, "steps": 300, "frac": {"grid": [0.5, 0.6, 0.7]}},
+    }
+    space = write_study(tmp_path, **spec)
+    store = tmp_path / "store"
+    cmd = [sys.executable, "-m", "grok_tune.search", "--space", str(space), "--storage", str(store)]
+    proc = subprocess.Popen(
+        [*cmd, "--address", ray_session, "--cpus-per-trial", "64", "--max-concurrent", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1", "GROK_TUNE_WAIT_NOTICE_S": "1"},
+    )
+    notice = ""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and "waited" not in notice:
+        notice = proc.stdout.readline()
+    time.sleep(1.5)  # Tune's state on disk
+    proc.kill()
+    proc.wait()
+    assert "for a node with room for a trial (64 CPU per trial)" in notice
+
+    # the same file, new resources and concurrency: accepted and applied
+    argv = ["--resume", "--space", str(space), "--storage", str(store)]
+    assert search.main([*argv, "--cpus-per-trial", "1", "--max-concurrent", "2"]) == 0
+    stored = yaml.safe_load((store / "stuck" / "study.yaml").read_text())
+    assert stored["cpus_per_trial"] == 1.0 and stored["max_concurrent"] == 2
+    trials = read_trials(str(store / "stuck"))
+    assert len(trials) == 3 and (trials[m.STATUS] != m.Status.RUNNING).all()
+    # the study began one trial at a time; resumed with 2, two ran at once
+    (_, first_end), (second_start, _), _ = _trial_spans(store / "stuck")
+    assert second_start < first_end
+    capsys.readouterr()
+
+    # the search and the trial settings cannot change
+    (tmp_path / "edited").mkdir()
+    edited = {**spec, "params": {**spec["params"], "steps": 400}}
+    changed = write_study(tmp_path / "edited", **edited)
+    with pytest.raises(SystemExit):
+        search.main(["--resume", "--space", str(changed), "--storage", str(store)])
+    assert "differs from the study being resumed in params.steps" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        search.main([*argv, "--num-samples", "2"])
+    assert "--num-samples: cannot change on --resume" in capsys.readouterr().err

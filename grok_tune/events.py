@@ -1,0 +1,351 @@
+"""Events in a training curve, read by pure rules (numpy only: analysis loads this without torch).
+
+Phase changes
+-------------
+A **phase change** is a sudden drop of a loss after a plateau: each answer digit's loss in
+multi-digit addition, the loss when induction heads form, the validation loss when a grokking
+run generalizes, the training loss in its first evaluations. ``phase_changes(steps, losses,
+rule)`` finds them in one curve; the settings are the fields of ``PhaseRule`` (defaults here).
+
+1. **Smoothing.** The curve ends at its first NaN/inf (a diverged run: nothing after it means
+   anything). Losses are clamped at 1e-12 (a float32 loss can round to 0), smoothed by a running
+   median over ``smooth`` (5) evaluations, centred and shrinking at the ends so that the first
+   evaluation (the model at chance) keeps its value, and read as ``y = ln loss``. A median keeps
+   the edge of a drop sharp and removes spikes of up to ``smooth // 2`` evaluations.
+2. **Time scale.** Steps need not be evenly spaced. A drop starting at step ``t`` has the window
+   ``W(t)``: the longer of ``rel_window`` (0.5) × ``t`` steps and ``min_window_evals`` (8)
+   evaluations. Sudden is relative to the run so far: at step 10,000 a drop may take up to 5,000
+   steps, at step 300 only 8 evaluations. A drop done within half the steps before it spans at
+   most 0.18 decades of the log-step axis grokking is plotted on: a cliff there, and room for
+   Nanda et al.'s clean-up phase (about 9.4k to 13k steps). The evaluation floor is the
+   resolution, and all the first evaluation (step 0, no run before it) gets.
+3. **A drop** from evaluation ``s`` (start) to ``e`` (end, within ``W(t_s)`` of ``s``) is a phase
+   change when it is
+
+   - *big*: the smoothed loss falls by at least ``min_drop_nats`` (0.01) nats **and** by a
+     factor of at least ``min_drop_factor`` (2), both counted from the lowest smoothed loss in
+     the span ``W(t_s)`` before ``s`` (or ``s`` itself), so that a loss coming back down after a
+     spike (a slingshot) does not count: a phase change takes the loss where it has not just
+     been;
+   - *after a plateau*: over that span before ``s``, the log-loss fell per step at less than
+     ``max_rate_before`` (0.25) of the drop's mean rate. Rising or flat is a plateau (validation
+     loss rises while a grokking run memorizes), and so is a decline slower than a quarter of
+     the drop (a rate, not an amount: validation loss often eases down before it collapses); a
+     steady decline, exponential or power-law, never is. The first evaluation has no history
+     and counts as a plateau: the model starts at chance, so training loss's initial drop
+     counts;
+   - *complete*: over a span as long as the window after ``e``, the log-loss falls by less than
+     ``max_fall_after`` (0.25) of the drop. This is what makes it sudden: a slow decline that
+     merely begins after a plateau does not stop inside its window.
+
+   Why both amounts: a fall from 1e-4 to 1e-6 is a factor of 100 but 1e-4 nats and moves no
+   prediction; a fall from 20 to 19 nats is a nat but 5%, the kind of wobble an overconfident
+   validation loss makes. Once the loss is small, cross-entropy is about the probability mass on
+   wrong answers, so 0.01 nats is 1% of it moved onto the right ones; halving is far outside a
+   smoothed curve's noise (with 10% noise from one evaluation to the next it wanders by a factor
+   of 1.3 within a window, 1.5 over 2,000 evaluations), and the new-low count above puts a noise
+   dip further out still. In log space the rule is scale-free in the loss; the nats floor is its
+   one absolute.
+4. **Search**, greedy in time order, each change starting at or after the previous one's end.
+   Evaluation ``i`` is a candidate when the lowest point ``j`` within ``W(t_i)`` is both amounts
+   below it (for all ``i`` at once, by a sparse-table range minimum). From a candidate: the start
+   ``s`` is the last evaluation before the middle of the fall to ``j`` whose loss is still
+   within 5% (of the fall in nats) of its local level, the median of the ``2 ×
+   min_window_evals + 1`` evaluations up to it (a plateau wanders: judged against one level
+   for all of it, the start would land on a noise peak far from the fall); the bottom ``b`` is
+   the lowest point within ``W(t_s)`` of ``s``; the end ``e`` is the first evaluation with 90%
+   of the log-fall from ``s`` to ``b`` done (it does not wait for a noisy or slowly sinking
+   floor). A drop that passes the three tests is reported and the search goes on from ``e``;
+   otherwise from ``s + 1``. About a millisecond for a curve of 2,000 evaluations with a
+   plateau, a few for a steady decline (every evaluation a candidate).
+5. **Reported** (``PhaseChange``): ``start``/``end``, the steps of ``s``/``e``; ``loss_start``,
+   the level the fall leaves (the smoothed loss at ``s`` or, if higher, its local level: noise
+   at ``s`` is not part of the drop); ``loss_end``, the smoothed loss at ``e``; ``size`` =
+   their difference in nats, ``factor`` = their ratio (``ln factor`` is about 90% of the
+   log-fall, ``size`` nearly all of it); ``step``, the one step that stands for the change:
+   where the log-loss crosses halfway from ``loss_start`` to ``loss_end``, interpolated between
+   evaluations. That is the centre of a sigmoid in log-loss, steadier under noise than the
+   steepest fall between two evaluations; ``start`` and ``end`` move with noise more.
+
+What it can miss, or see that is not there:
+
+- A drop slower than its window: the initial training drop when evaluations are so dense that
+  it takes more than ``min_window_evals`` of them; a generalization slower than about half the
+  run before it. A steady decline, however large, is never a phase change (but see the start).
+- Drops under 0.01 nats: training loss's clean-up drop at grokking once it is already ~1e-3
+  (lower ``min_drop_nats``); drops under a factor 2, such as a language model's induction bump
+  (a few tenths of a nat on ~3; lower ``min_drop_factor`` and smooth more).
+- Two drops less than a window apart: read as one when the second falls inside the first's
+  window; the second fails the plateau test when the first's fall lies in its span.
+- At the start of a curve there is no history: the head of a steep power law (one whose time
+  offset is a few evaluations) reads as an initial drop.
+- Heavy noise: above about 20% from one evaluation to the next, noise makes drops of its own
+  (smooth more: 7 or 9). A drop that recovers within ``smooth // 2`` evaluations is smoothed
+  away.
+- A spike longer than the span before its fall, or a loss that fell, rose for long and fell
+  again, counts when it ends below where that span began.
+- A drop at the very end of a curve is judged on the evaluations there are.
+- A drop whose top eases in over tens of evaluations (a sigmoid in log-loss seen finely) starts
+  where its fall shows within a few evaluations: its ``size`` is up to ~20% short.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from numpy.typing import ArrayLike
+
+# --- phase changes ----------------------------------------------------------------------------
+
+LOSS_FLOOR = 1e-12  # a float32 loss can round to 0; ln needs a number
+_START_EDGE = 0.05  # the start: within 5% of the fall in nats of the plateau's level
+_END_EDGE = 0.1  # the end: 90% of the log-fall done (a noisy, slowly falling floor is no bottom)
+
+
+def _whole(x: object) -> bool:
+    return isinstance(x, int | np.integer) and not isinstance(x, bool)
+
+
+def _real(x: object) -> bool:
+    return (
+        isinstance(x, int | float | np.integer | np.floating)
+        and not isinstance(x, bool)
+        and math.isfinite(float(x))
+    )
+
+
+@dataclass(frozen=True)
+class PhaseRule:
+    """What counts as a phase change in a loss curve (the module docstring has the reasons)."""
+
+    smooth: int = 5  # running median over this many evaluations (odd; 1 = none)
+    min_drop_nats: float = 0.01
+    min_drop_factor: float = 2.0
+    rel_window: float = 0.5  # a drop at step t completes within rel_window * t steps ...
+    min_window_evals: int = 8  # ... or within this many evaluations, whichever is longer
+    max_rate_before: float = 0.25  # before it: falling at under this share of the drop's rate
+    max_fall_after: float = 0.25  # after it: falling by under this share of the drop
+
+    def __post_init__(self) -> None:
+        if not _whole(self.smooth) or self.smooth < 1 or self.smooth % 2 == 0:
+            raise ValueError(f"smooth = {self.smooth!r}: an odd whole number of evaluations >= 1")
+        if not _real(self.min_drop_nats) or self.min_drop_nats < 0:
+            raise ValueError(f"min_drop_nats = {self.min_drop_nats!r}: a finite number >= 0")
+        if not _real(self.min_drop_factor) or self.min_drop_factor <= 1:
+            raise ValueError(f"min_drop_factor = {self.min_drop_factor!r}: a finite number > 1")
+        if not _real(self.rel_window) or self.rel_window < 0:
+            raise ValueError(f"rel_window = {self.rel_window!r}: a finite number >= 0")
+        if not _whole(self.min_window_evals) or self.min_window_evals < 1:
+            raise ValueError(
+                f"min_window_evals = {self.min_window_evals!r}: a whole number of evaluations >= 1"
+            )
+        for name in ("max_rate_before", "max_fall_after"):
+            value = getattr(self, name)
+            if not _real(value) or not 0 <= value < 1:
+                raise ValueError(f"{name} = {value!r}: a number in [0, 1)")
+
+    def describe(self) -> str:
+        return (
+            f"median{self.smooth},drop>={self.min_drop_nats:g}nats&x{self.min_drop_factor:g},"
+            f"within=max({self.min_window_evals}evals,{self.rel_window:g}*step),"
+            f"before<{self.max_rate_before:g}rate,after<{self.max_fall_after:g}fall"
+        )
+
+
+DEFAULT_PHASE_RULE = PhaseRule()
+
+
+@dataclass(frozen=True)
+class PhaseChange:
+    """One sudden drop; steps as given, losses smoothed (``size`` in nats)."""
+
+    step: float  # where the log-loss is halfway from loss_start to loss_end (interpolated)
+    start: float  # the last evaluation still at the plateau's level
+    end: float  # the first evaluation with 90% of the log-fall done
+    loss_start: float  # the plateau's level there (smoothed)
+    loss_end: float  # smoothed
+    size: float  # loss_start - loss_end, nats
+    factor: float  # loss_start / loss_end
+
+
+def phase_changes(
+    steps: ArrayLike,
+    losses: ArrayLike,
+    rule: PhaseRule = DEFAULT_PHASE_RULE,
+) -> list[PhaseChange]:
+    """Every phase change in one loss curve, in time order (see the module docstring)."""
+    return list(_iter_phase_changes(steps, losses, rule))
+
+
+def first_phase_change(
+    steps: ArrayLike,
+    losses: ArrayLike,
+    rule: PhaseRule = DEFAULT_PHASE_RULE,
+) -> PhaseChange | None:
+    """The earliest phase change, or None; stops searching there."""
+    return next(_iter_phase_changes(steps, losses, rule), None)
+
+
+def largest_phase_change(
+    steps: ArrayLike,
+    losses: ArrayLike,
+    rule: PhaseRule = DEFAULT_PHASE_RULE,
+    by: Literal["size", "factor"] = "size",
+) -> PhaseChange | None:
+    """The phase change with the largest ``size`` (nats) or ``factor``; the earliest on a tie."""
+    if by not in ("size", "factor"):
+        raise ValueError(f"by = {by!r}: allowed: 'size', 'factor'")
+    changes = phase_changes(steps, losses, rule)
+    return max(changes, key=lambda c: getattr(c, by)) if changes else None
+
+
+def _iter_phase_changes(
+    steps: ArrayLike, losses: ArrayLike, rule: PhaseRule
+) -> Iterator[PhaseChange]:
+    t, loss = _curve(steps, losses)
+    n = len(t)
+    if n < 2:
+        return
+    lin = _running_median(np.maximum(loss, LOSS_FLOOR), rule.smooth)
+    y = np.log(lin)
+    m = rule.min_window_evals
+    # the plateau's local level: a plateau wanders, and a start judged against one level for
+    # all of it would land on a noise peak far from the fall
+    level = _trailing_median(lin, 2 * m + 1)
+    idx = np.arange(n)
+    # the last evaluation within W(t_i) after i, and the first within W(t_i) before it
+    reach = np.searchsorted(t, t + rule.rel_window * np.abs(t), side="right") - 1
+    ahead = np.minimum(np.maximum(reach, idx + m), n - 1)
+    back = np.searchsorted(t, t - rule.rel_window * np.abs(t), side="left")
+    behind = np.maximum(np.minimum(back, idx - m), 0)
+
+    # the first test, for all evaluations at once: the lowest point ahead is low enough
+    low_ahead = np.full(n, np.inf)
+    low_ahead[:-1] = _range_min(y, idx[:-1] + 1, ahead[:-1])
+    passes = (y - low_ahead >= math.log(rule.min_drop_factor)) & (
+        lin - np.exp(low_ahead) >= rule.min_drop_nats
+    )
+    candidates = np.flatnonzero(passes)
+
+    pos = 0
+    while (k := int(np.searchsorted(candidates, pos))) < len(candidates):
+        i = int(candidates[k])
+        j = i + 1 + int(np.argmin(y[i + 1 : ahead[i] + 1]))
+        # s: the last evaluation before the fall's middle still within 5% (of the fall in
+        # nats) of its local level; b: the bottom, within s's own window; e: 90% of the way
+        mid = i + 1 + int(np.argmax(y[i + 1 : j + 1] <= (math.log(level[i]) + y[j]) / 2))
+        top = level[i:mid]
+        at_level = np.flatnonzero(lin[i:mid] >= top - _START_EDGE * (top - lin[j]))
+        s = i + int(at_level[-1]) if len(at_level) else i
+        b = s + 1 + int(np.argmin(y[s + 1 : ahead[s] + 1]))
+        e = s + 1 + int(np.argmax(y[s + 1 : b + 1] <= y[b] + _END_EDGE * (y[s] - y[b])))
+        if _is_phase_change(t, y, lin, s, e, ahead, behind, rule):
+            # the size counts from the level the fall leaves, not from the noise at s
+            yield _report(t, y, lin, s, e, max(float(lin[s]), float(level[s])))
+            pos = e
+        else:
+            pos = s + 1
+
+
+def _is_phase_change(
+    t: np.ndarray,
+    y: np.ndarray,
+    lin: np.ndarray,
+    s: int,
+    e: int,
+    ahead: np.ndarray,
+    behind: np.ndarray,
+    rule: PhaseRule,
+) -> bool:
+    fall = y[s] - y[e]
+    p = behind[s]
+    low = y[p : s + 1].min()  # from the lowest point before: a return after a spike is no drop
+    if low - y[e] < math.log(rule.min_drop_factor) or math.exp(low) - lin[e] < rule.min_drop_nats:
+        return False
+    # a plateau: before s, falling (per step) at a small share of the drop's rate, or not at all
+    if y[p] - y[s] > 0 and (y[p] - y[s]) * (t[e] - t[s]) >= (
+        rule.max_rate_before * fall * (t[s] - t[p])
+    ):
+        return False
+    # it completes: as long a span after e as the window had, and only a little more falls there
+    last = max(e + (ahead[s] - s), int(np.searchsorted(t, t[e] + t[ahead[s]] - t[s], "right")) - 1)
+    rest = y[e] - y[e : min(last, len(t) - 1) + 1].min()
+    return bool(rest < rule.max_fall_after * fall)
+
+
+def _report(
+    t: np.ndarray, y: np.ndarray, lin: np.ndarray, s: int, e: int, loss_start: float
+) -> PhaseChange:
+    fall = y[s : e + 1].copy()
+    fall[0] = math.log(loss_start)
+    half = (fall[0] + fall[-1]) / 2
+    k = 1 + int(np.argmax(fall[1:] <= half))  # fall[k - 1] > half >= fall[k]
+    share = (fall[k - 1] - half) / (fall[k - 1] - fall[k])
+    step = t[s + k - 1] + share * (t[s + k] - t[s + k - 1])
+    return PhaseChange(
+        step=float(step),
+        start=float(t[s]),
+        end=float(t[e]),
+        loss_start=loss_start,
+        loss_end=float(lin[e]),
+        size=loss_start - float(lin[e]),
+        factor=loss_start / float(lin[e]),
+    )
+
+
+def _curve(steps: ArrayLike, losses: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Steps and losses up to the first non-finite loss; steps finite and increasing."""
+    t = np.asarray(steps, dtype=float)
+    loss = np.asarray(losses, dtype=float)
+    if t.ndim != 1 or t.shape != loss.shape:
+        raise ValueError(f"steps {t.shape} and losses {loss.shape}: two 1-D arrays of one length")
+    bad = np.flatnonzero(~np.isfinite(loss))
+    n = int(bad[0]) if len(bad) else len(loss)
+    t, loss = t[:n], loss[:n]
+    if not np.isfinite(t).all() or (np.diff(t) <= 0).any():
+        raise ValueError("steps: finite and strictly increasing")
+    return t, loss
+
+
+def _running_median(x: np.ndarray, k: int) -> np.ndarray:
+    """Centred running median of ``k`` (odd) values, the window shrinking to fit at the ends."""
+    n = len(x)
+    h = min(k // 2, (n - 1) // 2)
+    if h == 0:
+        return x.copy()
+    out = np.empty(n)
+    out[h : n - h] = np.median(sliding_window_view(x, 2 * h + 1), axis=1)
+    for a in range(h):
+        out[a] = np.median(x[: 2 * a + 1])
+        out[n - 1 - a] = np.median(x[n - 1 - 2 * a :])
+    return out
+
+
+def _trailing_median(x: np.ndarray, k: int) -> np.ndarray:
+    """Median of the ``k`` values up to each (fewer at the start)."""
+    out = np.empty(len(x))
+    head = min(k - 1, len(x))
+    for a in range(head):
+        out[a] = np.median(x[: a + 1])
+    if len(x) >= k:
+        out[k - 1 :] = np.median(sliding_window_view(x, k), axis=1)
+    return out
+
+
+def _range_min(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """min(x[lo[r] : hi[r] + 1]) for every r (all lo <= hi), by a sparse table."""
+    n = len(x)
+    length = hi - lo + 1
+    levels = int(length.max()).bit_length()
+    table = np.full((levels, n), np.inf)
+    table[0] = x
+    for k in range(1, levels):
+        half = 1 << (k - 1)
+        table[k, : n - half] = np.minimum(table[k - 1, : n - half], table[k - 1, half:])
+    k = np.frexp(length.astype(float))[1] - 1  # floor(log2(length)), exactly
+    return np.minimum(table[k, lo], table[k, hi - (1 << k) + 1])
