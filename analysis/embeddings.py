@@ -7,7 +7,7 @@ validation accuracy). For Z_p each residue c is coloured by c mod K (default 8, 
 labelled with c, and joined by a faint line to c + K; ``--mod auto`` picks the K whose pairs
 (c, c + K) lie nearest in the weights, which traces the rings a generalized network forms.
 For S5 each permutation is coloured by its right coset Hx = {h·x : h in H} (h·x = h after x,
-grok_tune.data's composition) of the subgroup H = <(0 3)(1 4), (1 2)(3 4)> (order 10: 12
+grok_tune.tasks.tables's composition) of the subgroup H = <(0 3)(1 4), (1 2)(3 4)> (order 10: 12
 cosets).
 """
 
@@ -37,7 +37,7 @@ from analysis.common import (
     save,
 )
 from grok_tune import metrics as m
-from grok_tune.data import S5_ELEMENTS, Perm, compose, is_s5
+from grok_tune.tasks.tables import S5_ELEMENTS, Perm, compose, is_s5
 from grok_tune.layout import STATE_FILE, TRIAL_ID
 
 HEAD = "head.weight"  # grok_tune.model.Transformer's output layer: one row per answer class

@@ -26,7 +26,7 @@ from analysis.common import (
     run_command,
 )
 from grok_tune import metrics as m
-from grok_tune.data import is_s5
+from grok_tune.tasks.tables import is_s5
 from grok_tune.layout import SUMMARY_FILE, TRIAL_ID
 from grok_tune.regions import REGION, REGIONS, Region
 

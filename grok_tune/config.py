@@ -1,18 +1,26 @@
-"""TrainConfig: every knob of one run, validated (pydantic names the failing field)."""
+"""TrainConfig: every setting of one run, validated (pydantic names the failing field).
+
+The one owner of the settings and their defaults: study files, the one-trial command, Parquet
+columns and TensorBoard hparams all use these names, and the model's config dataclass
+(grok_tune/model.py) takes its defaults from here. Loads without torch.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from grok_tune.data import OPERATIONS, P_MAX, check_operation, check_split
+from grok_tune.tasks import INFINITE, TASK_NAMES, task_class, task_settings
+from grok_tune.tasks.tables import OPERATIONS, P_MAX
 
 # Which parameters AdamW's weight decay touches is a research variable, not a detail:
 #   all                         every parameter, as in Power et al.'s AdamW(model.parameters())
 #   matrices                    2-D weights incl. embeddings, not biases or norm gains (nanoGPT)
 #   matrices_except_embeddings  2-D weights of the blocks and the head only
 DecayScope = Literal["all", "matrices", "matrices_except_embeddings"]
+# a number of training examples, or a fresh batch every step
+Size = int | Literal["infinite"]
 
 
 class TrainConfig(BaseModel):
@@ -20,13 +28,30 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    # task
+    # task (grok_tune/tasks/): each task reads the general settings and its own
+    task: Literal[TASK_NAMES] = Field("table", description="what the model learns")  # type: ignore[valid-type]
+    # task: table
     op: Literal[OPERATIONS] = "x/y"  # type: ignore[valid-type]
     p: int = Field(
         97, ge=2, le=P_MAX, description="modulus (ignored for S5 operations); the table is p²"
     )
     frac: float = Field(0.5, gt=0, lt=1, description="training fraction of all equations")
-    seed: int = Field(0, ge=0, description="split, initialisation, batches and dropout")
+    operator_token: bool = Field(True, description="'a ∘ b =' (Power et al.) or 'a b =' (Nanda)")
+    # task: addition
+    digits: int = Field(5, ge=1, le=9, description="digits of each operand")
+    # task: repeated_subsequence
+    seq_len: int = Field(85, ge=3, le=4096, description="tokens per sequence")
+    vocab: int = Field(128, ge=2, le=65536, description="token ids of a sequence")
+    sub_len: int = Field(16, ge=2, description="length of the repeated subsequence")
+    repeats: int = Field(3, ge=2, description="occurrences of the subsequence")
+    # tasks addition and repeated_subsequence: the data regime
+    train_size: Size | None = Field(
+        None,
+        description="training examples, or 'infinite' (a fresh batch every step); "
+        "unset: the task's default (addition 750, repeated_subsequence 512)",
+    )
+    val_size: int = Field(1000, ge=1, description="validation examples (fresh, fixed, seeded)")
+    seed: int = Field(0, ge=0, description="data, initialisation, batches and dropout")
     # optimizer
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1.0, ge=0)
@@ -34,14 +59,16 @@ class TrainConfig(BaseModel):
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.98, ge=0, lt=1)
     warmup_steps: int = Field(10, ge=0)
-    batch_size: int | None = Field(None, gt=0, description="None: min(512, half the train set)")
+    batch_size: int | None = Field(
+        None, gt=0, description="None: min(512, half the training set); infinite data: 512"
+    )
     steps: int = Field(100_000, gt=0, description="step budget")
     eval_every: int = Field(100, gt=0, description="steps between full-split evaluations")
     # model
     n_layers: int = Field(2, ge=1)
     d_model: int = Field(128, ge=1)
     n_heads: int = Field(4, ge=1)
-    d_mlp: int = Field(512, ge=1)
+    d_mlp: int = Field(512, ge=0, description="0: attention-only blocks (no MLP)")
     dropout: float = Field(0.0, ge=0, lt=1)
     layer_norm: bool = True
     init_scale: float = Field(1.0, gt=0)
@@ -53,12 +80,48 @@ class TrainConfig(BaseModel):
         None, ge=1, description="stop a run that has not memorized by this step"
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _task_defaults(cls, data: Any) -> Any:
+        """Fill the task's own defaults for its settings left unset, so that every record
+        shows the value a run used."""
+        if not isinstance(data, dict):
+            return data
+        name = data.get("task", "table")
+        if name not in TASK_NAMES:
+            return data  # the field's own check names it
+        filled = {k: v for k, v in task_class(name).defaults().items() if data.get(k) is None}
+        return {**data, **filled}
+
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
-        check_operation(self.op, self.p)
-        check_split(self.op, self.p, self.frac)
+        own = set(task_settings()[self.task])
+        # another task's setting given at a value of its own (its default is what a round trip
+        # through model_dump carries along)
+        given = {
+            n
+            for n in self.model_fields_set
+            if getattr(self, n) != type(self).model_fields[n].default
+        }
+        for other, names in task_settings().items():
+            foreign = sorted(n for n in given & set(names) if n not in own)
+            if other != self.task and foreign:
+                raise ValueError(
+                    f"{', '.join(foreign)}: a setting of task {other}, not of task {self.task}"
+                )
+        task_class(self.task).check(self)
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"d_model = {self.d_model} is not divisible by n_heads = {self.n_heads}"
             )
         return self
+
+    def used(self) -> dict[str, Any]:
+        """The settings this run's task reads, and the general ones; other tasks' are None."""
+        own = set(task_settings()[self.task])
+        foreign = {n for names in task_settings().values() for n in names} - own
+        return {k: (None if k in foreign else v) for k, v in self.model_dump().items()}
+
+    @property
+    def infinite_data(self) -> bool:
+        return self.train_size == INFINITE

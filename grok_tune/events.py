@@ -1,5 +1,9 @@
 """Events in a training curve, read by pure rules (numpy only: analysis loads this without torch).
 
+Two parts: phase changes in a loss curve (below), and a run's events and stopping
+(``RunEvents``, ``StoppingRule``: memorized, generalized, held, diverged, confused, budget),
+which the training loop feeds one evaluation at a time and the tests drive directly.
+
 Phase changes
 -------------
 A **phase change** is a sudden drop of a loss after a plateau: each answer digit's loss in
@@ -92,13 +96,15 @@ What it can miss, or see that is not there:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import ArrayLike
+
+from grok_tune import metrics as m
 
 # --- phase changes ----------------------------------------------------------------------------
 
@@ -349,3 +355,142 @@ def _range_min(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         table[k, : n - half] = np.minimum(table[k - 1, : n - half], table[k - 1, half:])
     k = np.frexp(length.astype(float))[1] - 1  # floor(log2(length)), exactly
     return np.minimum(table[k, lo], table[k, hi - (1 << k) + 1])
+
+
+# --- memorize, generalize, stopping -----------------------------------------------------------
+# Pure bookkeeping over a run's evaluations: the loop hands each evaluation record here, and the
+# status decides whether it goes on. The same rules for a run alone and for each member of a
+# population.
+
+
+@dataclass(frozen=True)
+class StoppingRule:
+    """When a run ends. Nothing ends a run for low validation accuracy alone: a grokking run
+    sits at chance for thousands of steps."""
+
+    steps: int  # the budget
+    stop_after_generalized: int | None = 3  # evaluations held at or above the threshold
+    confusion_step: int | None = None  # not memorized by then: confusion, stop
+    threshold: float = m.ACCURACY_THRESHOLD
+
+
+@dataclass
+class RunEvents:
+    """The events of one run so far: when it memorized and generalized (overall and per named
+    position), its best validation accuracy, and its status. ``state_dict`` resumes it."""
+
+    rule: StoppingRule
+    positions: tuple[str, ...] = ()
+    steps_to_memorize: int | None = None
+    steps_to_generalize: int | None = None
+    best_val_acc: float = 0.0
+    held: int = 0  # consecutive evaluations at or above the threshold on validation
+    status: str = m.Status.RUNNING
+    # position_metric(STEPS_TO_MEMORIZE, "digit0") -> step, ...
+    position_steps: dict[str, int | None] = field(default_factory=dict)
+
+    def update(self, record: Mapping[str, Any]) -> str:
+        """Read one evaluation (step, train/val accuracy and loss, weight norm, per-position
+        accuracies); returns the status after it."""
+        rule, step = self.rule, int(record[m.STEP])
+        numbers = (record[m.TRAIN_LOSS], record[m.VAL_LOSS], record[m.WEIGHT_NORM])
+        if not all(math.isfinite(x) for x in numbers):
+            self.status = m.Status.DIVERGED
+            return self.status
+        thr = rule.threshold
+        train_acc, val_acc = record[m.TRAIN_ACC], record[m.VAL_ACC]
+        self.best_val_acc = max(self.best_val_acc, val_acc)
+        if self.steps_to_memorize is None and train_acc >= thr:
+            self.steps_to_memorize = step
+        if self.steps_to_generalize is None and val_acc >= thr:
+            self.steps_to_generalize = step
+        for pos in self.positions:
+            for event, acc in (
+                (m.STEPS_TO_MEMORIZE, m.TRAIN_ACC),
+                (m.STEPS_TO_GENERALIZE, m.VAL_ACC),
+            ):
+                key = m.position_metric(event, pos)
+                if (
+                    self.position_steps.get(key) is None
+                    and record[m.position_metric(acc, pos)] >= thr
+                ):
+                    self.position_steps[key] = step
+                self.position_steps.setdefault(key, None)
+        self.held = self.held + 1 if val_acc >= thr else 0
+        held_enough = rule.stop_after_generalized and self.held >= rule.stop_after_generalized
+        confused = (
+            rule.confusion_step is not None
+            and step >= rule.confusion_step
+            and self.steps_to_memorize is None
+        )
+        if held_enough or step >= rule.steps or confused:
+            generalized = self.steps_to_generalize is not None
+            self.status = m.Status.GENERALIZED if generalized else m.Status.CENSORED
+        return self.status
+
+    def outcome(self) -> dict[str, Any]:
+        """The events as record fields (censored ones None, never the budget)."""
+        return {
+            m.STEPS_TO_MEMORIZE: self.steps_to_memorize,
+            m.STEPS_TO_GENERALIZE: self.steps_to_generalize,
+            **self.position_steps,
+            m.STATUS: str(self.status),
+            m.OBJECTIVE: m.objective(
+                self.status, self.steps_to_generalize, self.best_val_acc, self.rule.steps
+            ),
+            m.DONE: self.status != m.Status.RUNNING,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        state = asdict(self)
+        del state["rule"], state["positions"]  # the run's settings, not its state
+        state["status"] = str(self.status)  # plain data: checkpoints load with weights_only
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, dict(value) if isinstance(value, dict) else value)
+        self.status = m.Status(self.status)
+
+
+# --- the phase changes of a whole run ----------------------------------------------------------
+@dataclass(frozen=True)
+class CurvePhase:
+    """A phase change found in one named curve of one run (a row of phases.parquet)."""
+
+    curve: str  # the loss curve: train_loss, val_loss, val_loss_digit2, ...
+    change: PhaseChange
+
+
+def run_phase_changes(
+    curve: Mapping[str, Sequence[float]],
+    positions: Sequence[str] = (),
+    rule: PhaseRule = DEFAULT_PHASE_RULE,
+) -> list[CurvePhase]:
+    """Every phase change of a run's loss curves, overall and per named position.
+
+    ``curve`` maps metric names to their values at ``curve[STEP]``, as a run's history or its
+    rows of curves.parquet give them."""
+    names = [m.TRAIN_LOSS, m.VAL_LOSS]
+    names += [m.position_metric(n, p) for p in positions for n in (m.TRAIN_LOSS, m.VAL_LOSS)]
+    found = []
+    for name in names:
+        if name in curve and len(curve[m.STEP]) > 1:
+            found += [CurvePhase(name, c) for c in phase_changes(curve[m.STEP], curve[name], rule)]
+    return found
+
+
+def phase_outcome(phases: Sequence[CurvePhase]) -> dict[str, float | None]:
+    """The headline of a run's phase changes: the step and size of the largest drop of the
+    training and of the validation loss (None when there is none). Their difference is the
+    delay that makes a run grok."""
+    out: dict[str, float | None] = {}
+    for loss, step_key, drop_key in (
+        (m.TRAIN_LOSS, m.TRAIN_PHASE_STEP, m.TRAIN_PHASE_DROP),
+        (m.VAL_LOSS, m.VAL_PHASE_STEP, m.VAL_PHASE_DROP),
+    ):
+        mine = [p.change for p in phases if p.curve == loss]
+        largest = max(mine, key=lambda c: c.size) if mine else None
+        out[step_key] = None if largest is None else float(largest.step)
+        out[drop_key] = None if largest is None else float(largest.size)
+    return out

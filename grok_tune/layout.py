@@ -8,6 +8,7 @@ A study lives in ``STORAGE/NAME`` (a local folder, or an ``s3://`` / ``gs://`` U
     <trial dirs>/           each trial: checkpoint_*/trainer.pt, TensorBoard events, result.json
     trials.parquet          one row per trial (per configuration of a population)
     curves.parquet          every evaluation of every trial
+    phases.parquet          every phase change (sudden loss drop) of every trial's loss curves
     figures/, summary.txt   what ``python -m analysis`` writes
 
 Every module that writes or reads these imports them from here; nothing here imports Ray,
@@ -23,6 +24,7 @@ STUDY_FILE = "study.yaml"
 OPTUNA_FILE = "optuna.journal"
 TRIALS_FILE = "trials.parquet"
 CURVES_FILE = "curves.parquet"
+PHASES_FILE = "phases.parquet"
 FIGURES_DIR = "figures"
 SUMMARY_FILE = "summary.txt"
 # a trial checkpoint's one file: the trainer's state_dict through torch.save

@@ -2,6 +2,8 @@
 
 These names are the keys of the engine's evaluations, of ``tune.report``, the columns of
 ``trials.parquet`` and ``curves.parquet``, and the TensorBoard tags: import them, never retype.
+A task whose answer has several positions (the digits of a sum) adds each position's own loss
+and accuracy under ``position_metric(TRAIN_LOSS, "digit0")`` = ``train_loss_digit0``, and so on.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ if TYPE_CHECKING:  # names and rules load without torch (analysis needs only the
     import torch
     from torch import nn
 
+    from grok_tune.tasks import Layout, Split
+
 STEP = "step"
 TRAIN_ACC = "train_acc"
 TRAIN_LOSS = "train_loss"
@@ -21,21 +25,50 @@ VAL_ACC = "val_acc"
 VAL_LOSS = "val_loss"
 WEIGHT_NORM = "weight_norm"
 FOURIER_SPARSITY = "fourier_sparsity"
+# Prieto et al.: the share of training predictions whose float32 softmax is exactly one-hot
+# (loss and gradient exactly 0), and the logit scale behind it
+SOFTMAX_COLLAPSE = "softmax_collapse"
+LOGIT_GAP = "logit_gap"
 LR = "lr"
 ELAPSED_S = "elapsed_s"
-CURVE_METRICS = (TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS, WEIGHT_NORM, FOURIER_SPARSITY, LR)
+CURVE_METRICS = (
+    TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS, WEIGHT_NORM, FOURIER_SPARSITY, SOFTMAX_COLLAPSE,
+    LOGIT_GAP, LR,
+)  # fmt: skip
 
 STEPS_TO_MEMORIZE = "steps_to_memorize"
 STEPS_TO_GENERALIZE = "steps_to_generalize"
+# grok_tune/events.py: the largest phase change (sudden loss drop after a plateau) of the
+# training and of the validation loss: its step and its size in nats
+TRAIN_PHASE_STEP = "train_phase_step"
+TRAIN_PHASE_DROP = "train_phase_drop"
+VAL_PHASE_STEP = "val_phase_step"
+VAL_PHASE_DROP = "val_phase_drop"
+PHASE_OUTCOMES = (TRAIN_PHASE_STEP, TRAIN_PHASE_DROP, VAL_PHASE_STEP, VAL_PHASE_DROP)
 STATUS = "status"
 OBJECTIVE = "objective"
 DONE = "done_training"
+
+# the per-split metrics a predicted position has of its own
+SPLITS = ("train", "val")
+POSITION_METRICS = (TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS)
+POSITION_EVENTS = (STEPS_TO_MEMORIZE, STEPS_TO_GENERALIZE)
 
 # Power et al.: "memorized" and "generalized" mean train / validation accuracy first >= 99%.
 ACCURACY_THRESHOLD = 0.99
 EVAL_CHUNK = 512
 # Nanda et al. found about five key frequencies in a grokked modular-addition embedding.
 FOURIER_KEY_FREQUENCIES = 5
+
+
+def position_metric(name: str, position: str) -> str:
+    """The name of a metric or event of one predicted position: ``train_loss_digit0``."""
+    return f"{name}_{position}"
+
+
+def position_metrics(positions: tuple[str, ...]) -> tuple[str, ...]:
+    """The per-position curve metrics of a task whose positions are named ``positions``."""
+    return tuple(position_metric(n, p) for p in positions for n in POSITION_METRICS)
 
 
 class Status(StrEnum):
@@ -46,20 +79,63 @@ class Status(StrEnum):
     ERROR = "error"  # the trial raised; set by the study service, never by the engine
 
 
-def accuracy_and_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """Accuracy and mean cross-entropy on a whole split, dropout off."""
+def evaluate(
+    model: nn.Module, split: Split, layout: Layout, prefix: str, collapse: bool = False
+) -> dict[str, float]:
+    """Accuracy and mean cross-entropy on a whole split (dropout off), over all its predicted
+    positions and per named position; with ``collapse``, the Softmax Collapse share and the
+    mean logit gap of its predictions. Keys: ``{prefix}_acc``, ``{prefix}_loss``, ...
+
+    Accuracy is per row when the task's answer has several positions (all must be right),
+    per position otherwise. The loss is softmax cross-entropy whatever loss the run trains on,
+    so that runs compare. Evaluated in batch-sized chunks: cache-sized on CPU, and a large
+    split's logits never exist at once.
+    """
     import torch
     import torch.nn.functional as F
 
+    from grok_tune.remedies import logit_gap, softmax_collapse
+    from grok_tune.tasks import IGNORE
+
+    P = layout.n_predict
+    loss_sum = torch.zeros(P, dtype=torch.float64)
+    correct = torch.zeros(P, dtype=torch.float64)
+    counted = torch.zeros(P, dtype=torch.float64)
+    rows_right = collapsed = gap = 0.0
     was_training = model.training
     model.eval()
     with torch.inference_mode():
-        # batch-sized chunks stay in cache: a whole split at once is ~25% slower on CPU
-        logits = torch.cat([model(chunk) for chunk in x.split(EVAL_CHUNK)])
+        for x, y in zip(split.x.split(EVAL_CHUNK), split.y.split(EVAL_CHUNK), strict=True):
+            logits = model(x)  # (B, P, classes)
+            valid = y != IGNORE
+            losses = F.cross_entropy(
+                logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE, reduction="none"
+            ).view_as(y)
+            right = (logits.argmax(dim=-1) == y) & valid
+            loss_sum += losses.sum(dim=0).double().cpu()
+            correct += right.sum(dim=0).double().cpu()
+            counted += valid.sum(dim=0).double().cpu()
+            rows_right += float((right | ~valid).all(dim=1).sum())
+            if collapse:
+                chosen = logits[valid]
+                collapsed += softmax_collapse(chosen) * len(chosen)
+                gap += logit_gap(chosen) * len(chosen) if chosen.shape[-1] > 1 else 0.0
     model.train(was_training)
-    loss = F.cross_entropy(logits, y)
-    acc = (logits.argmax(dim=1) == y).float().mean()
-    return float(acc), float(loss)
+    total = float(counted.sum())
+    out = {
+        f"{prefix}_acc": rows_right / len(split)
+        if layout.exact_match
+        else float(correct.sum()) / total,
+        f"{prefix}_loss": float(loss_sum.sum()) / total,
+    }
+    for k, name in enumerate(layout.position_names):
+        n = float(counted[k]) or math.nan
+        out[position_metric(f"{prefix}_acc", name)] = float(correct[k]) / n
+        out[position_metric(f"{prefix}_loss", name)] = float(loss_sum[k]) / n
+    if collapse:
+        out[SOFTMAX_COLLAPSE] = collapsed / total
+        out[LOGIT_GAP] = gap / total
+    return out
 
 
 def weight_norm(model: nn.Module) -> float:

@@ -2,12 +2,15 @@
 
 A decoder-only transformer with causal attention and learned positions (Power et al. 2022):
 defaults are the paper's 2 layers, width 128, 4 heads, MLP 512 (about 4·10⁵ parameters).
-Nanda et al.'s 1-layer model without LayerNorm is ``ModelConfig(n_layers=1, layer_norm=False)``.
+Nanda et al.'s 1-layer model without LayerNorm is ``n_layers=1, layer_norm=False``; his
+induction model is attention-only, ``d_mlp=0``.
 
-Only the answer at '=' is ever predicted, which allows two shortcuts, exact up to float
-rounding (tests/test_model.py holds both to the obvious computation, gradients included): the
-last layer runs its queries, output projection and MLP on the '=' position alone, and the
-positions of 'a ∘' run once per distinct a in the batch instead of once per row.
+The task says which trailing positions carry a prediction (``n_predict``: the '=' of a table,
+the answer digits of a sum, every position of a sequence), which allows two shortcuts, exact up
+to float rounding (tests/test_model.py holds both to the obvious computation, gradients
+included): the last layer runs its queries, output projection and MLP on the predicted
+positions alone, and a leading prefix that takes few values across the batch ('a ∘' of a
+table) runs once per distinct prefix instead of once per row.
 """
 
 from __future__ import annotations
@@ -18,26 +21,33 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from grok_tune.config import DecayScope
+from grok_tune.config import DecayScope, TrainConfig
+
+
+def _default(name: str):
+    """The setting's default: TrainConfig owns the knobs and their defaults."""
+    return TrainConfig.model_fields[name].default
 
 
 @dataclass
 class ModelConfig:
-    vocab_size: int  # elements + operator token + '=' token
-    num_classes: int  # possible answers c
-    seq_len: int = 4  # a ∘ b =
-    n_layers: int = 2
-    d_model: int = 128
-    n_heads: int = 4
-    d_mlp: int = 512
-    dropout: float = 0.0
-    layer_norm: bool = True
-    init_scale: float = 1.0  # Omnigrok's α: multiplies every initial weight
-    shared_prefix: bool = True  # compute 'a ∘' once per a (same result, fewer FLOPs)
+    vocab_size: int  # input tokens (the task's)
+    num_classes: int  # answer classes at each predicted position
+    n_positions: int = 4  # input positions (a ∘ b =)
+    n_predict: int = 1  # trailing positions that predict (the '=' of a table)
+    # leading positions computed once per distinct prefix in the batch (0: never); the table
+    # task sets 2 ('a ∘'), as under causal attention they depend on a alone
+    shared_prefix: int = 0
+    n_layers: int = _default("n_layers")
+    d_model: int = _default("d_model")
+    n_heads: int = _default("n_heads")
+    d_mlp: int = _default("d_mlp")  # 0: attention-only blocks
+    dropout: float = _default("dropout")
+    layer_norm: bool = _default("layer_norm")
+    init_scale: float = _default("init_scale")  # Omnigrok's α: multiplies every initial weight
 
 
 KeysValues = tuple[torch.Tensor, torch.Tensor]  # (B, heads, positions, head width) each
-PREFIX = 2  # 'a ∘': the positions that, under causal attention, depend on a alone
 
 
 class Attention(nn.Module):
@@ -49,55 +59,64 @@ class Attention(nn.Module):
         self.dropout = cfg.dropout
 
     def forward(
-        self, x: torch.Tensor, prefix: KeysValues | None = None, last_only: bool = False
+        self, x: torch.Tensor, prefix: KeysValues | None = None, n_out: int | None = None
     ) -> tuple[torch.Tensor, KeysValues]:
-        """Attention of x's positions over ``prefix`` (keys and values of the positions before
-        them, computed elsewhere) and themselves. Returns x's output and x's keys and values."""
+        """Attention of x's last ``n_out`` positions (all, by default) over ``prefix`` (keys and
+        values of the positions before x, computed elsewhere) and x. Returns their output and
+        x's keys and values."""
         B, T, C = x.shape
+        n_q = T if n_out is None else n_out
         w, b = self.qkv.weight, self.qkv.bias
         heads = lambda t: t.view(B, t.shape[1], self.n_heads, C // self.n_heads).transpose(1, 2)  # noqa: E731
-        # The last layer needs the query of the '=' position only: keys and values still come
-        # from every position, but the query projection, attention rows, output projection and
-        # MLP run on one position instead of four.
-        q_in = x[:, -1:] if last_only else x
-        q = heads(F.linear(q_in, w[:C], b[:C]))
+        # Keys and values come from every position, but only the predicted positions need a
+        # query in the last layer: its attention rows, projection and MLP run on those alone.
+        q = heads(F.linear(x[:, T - n_q :], w[:C], b[:C]))
         k, v = (heads(t) for t in F.linear(x, w[C:], b[C:]).split(C, dim=2))
-        keys, values, mask = k, v, None
+        keys, values, n_before = k, v, 0
         if prefix is not None:
             keys, values = torch.cat((prefix[0], k), dim=2), torch.cat((prefix[1], v), dim=2)
-            if not last_only:  # causal, shifted past the prefix: query i sees it and x[: i + 1]
-                n = prefix[0].shape[2]
-                mask = torch.ones(T, n + T, dtype=torch.bool, device=x.device).tril(diagonal=n)
+            n_before = prefix[0].shape[2]
+        mask, causal = None, False
+        if n_before == 0 and n_q == T:
+            causal = True  # the plain square case: the fused kernel's own causal mask
+        elif n_q > 1:  # query at absolute position i sees keys 0..i
+            q_pos = torch.arange(n_before + T - n_q, n_before + T, device=x.device)
+            mask = torch.arange(n_before + T, device=x.device) <= q_pos[:, None]
+        # (one query at the last position sees every position: no mask at all)
         y = F.scaled_dot_product_attention(
             q,
             keys,
             values,
             attn_mask=mask,
             dropout_p=self.dropout if self.training else 0.0,
-            # the last position sees every position anyway
-            is_causal=prefix is None and not last_only,
+            is_causal=causal,
         )
-        return self.proj(y.transpose(1, 2).reshape(B, q.shape[2], C)), (k, v)
+        return self.proj(y.transpose(1, 2).reshape(B, n_q, C)), (k, v)
 
 
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         norm = (lambda: nn.LayerNorm(cfg.d_model)) if cfg.layer_norm else nn.Identity
-        self.ln1, self.ln2 = norm(), norm()
+        self.ln1 = norm()
         self.attn = Attention(cfg)
-        self.mlp = nn.Sequential(
-            nn.Linear(cfg.d_model, cfg.d_mlp), nn.ReLU(), nn.Linear(cfg.d_mlp, cfg.d_model)
-        )
+        self.mlp = None
+        if cfg.d_mlp:  # attention-only blocks (Nanda's induction model) have neither
+            self.ln2 = norm()
+            self.mlp = nn.Sequential(
+                nn.Linear(cfg.d_model, cfg.d_mlp), nn.ReLU(), nn.Linear(cfg.d_mlp, cfg.d_model)
+            )
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(
-        self, x: torch.Tensor, prefix: KeysValues | None = None, last_only: bool = False
+        self, x: torch.Tensor, prefix: KeysValues | None = None, n_out: int | None = None
     ) -> tuple[torch.Tensor, KeysValues]:
-        residual = x[:, -1:] if last_only else x
-        y, kv = self.attn(self.ln1(x), prefix, last_only)
+        residual = x if n_out is None else x[:, x.shape[1] - n_out :]
+        y, kv = self.attn(self.ln1(x), prefix, n_out)
         x = residual + self.drop(y)
-        return x + self.drop(self.mlp(self.ln2(x))), kv
+        if self.mlp is not None:
+            x = x + self.drop(self.mlp(self.ln2(x)))
+        return x, kv
 
 
 class Transformer(nn.Module):
@@ -105,7 +124,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.pos_emb = nn.Embedding(cfg.seq_len, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.n_positions, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model) if cfg.layer_norm else nn.Identity()
@@ -116,32 +135,32 @@ class Transformer(nn.Module):
                     p.mul_(cfg.init_scale)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Token ids (B, T) -> logits over the answer at the last position (B, num_classes)."""
-        last = len(self.blocks) - 1
-        x = self.tok_emb(idx) + self.pos_emb.weight[: idx.shape[1]]
-        dropout = self.training and self.cfg.dropout > 0
-        if self.cfg.shared_prefix and last > 0 and not dropout:
-            # Under causal attention the positions of 'a ∘' depend on a alone: run them once
-            # per distinct prefix in the batch (at most p of them, against 512 rows) and give
-            # every row its prefix's keys and values. Not with dropout (masks differ row by
-            # row), nor with one layer (only the prefix's keys and values would be saved:
-            # measured slower than the gather costs).
-            V = self.cfg.vocab_size  # one integer per (a, ∘): 1-D unique is a plain sort
-            ids, row = (idx[:, 0] * V + idx[:, 1]).unique(return_inverse=True)
-            prefixes = torch.stack((ids // V, ids % V), dim=1)  # (distinct prefixes, PREFIX)
-            xp, x = self.tok_emb(prefixes) + self.pos_emb.weight[:PREFIX], x[:, PREFIX:]
+        """Token ids (B, T) -> logits at the last n_predict positions (B, n_predict, classes)."""
+        cfg, last = self.cfg, len(self.blocks) - 1
+        T, n_out = idx.shape[1], self.cfg.n_predict
+        x = self.tok_emb(idx) + self.pos_emb.weight[:T]
+        n = cfg.shared_prefix
+        dropout = self.training and cfg.dropout > 0
+        if n and last > 0 and not dropout and T - n_out >= n:
+            # Under causal attention the prefix positions depend on the prefix's tokens alone:
+            # run them once per distinct prefix in the batch (at most p of them for a table,
+            # against 512 rows) and give every row its prefix's keys and values. Not with
+            # dropout (masks differ row by row), nor with one layer (only the prefix's keys and
+            # values would be saved: measured slower than the gather costs).
+            ids, row = _distinct_rows(idx[:, :n], cfg.vocab_size)
+            xp, x = self.tok_emb(ids) + self.pos_emb.weight[:n], x[:, n:]
             for i, block in enumerate(self.blocks):
                 xp, (k, v) = block(xp)
                 # index_select, not k[row]: its backward sums rows in a fixed order on CPU
                 # threads, so that runs stay deterministic and resume bit-for-bit
                 shared = (k.index_select(0, row), v.index_select(0, row))
-                x, _ = block(x, shared, last_only=i == last)
+                x, _ = block(x, shared, n_out=n_out if i == last else None)
         else:
             x = self.drop(x)
             for i, block in enumerate(self.blocks):
-                x, _ = block(x, last_only=i == last)
-        # only the '=' position predicts anything: the head runs on it alone
-        return self.head(self.ln_f(x[:, -1]))
+                x, _ = block(x, n_out=n_out if i == last else None)
+        # only the predicted positions reach the head (the last layer computed nothing else)
+        return self.head(self.ln_f(x[:, x.shape[1] - n_out :]))
 
     def num_params(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
@@ -165,3 +184,12 @@ class Transformer(nn.Module):
             {"params": [p for p in params if decayed(p)], "weight_decay": weight_decay},
             {"params": [p for p in params if not decayed(p)], "weight_decay": 0.0},
         ]
+
+
+def _distinct_rows(prefix: torch.Tensor, base: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct rows of a (B, n) token block, and each row's index among them. One integer
+    per row makes it a 1-D unique: a plain sort."""
+    weights = base ** torch.arange(prefix.shape[1] - 1, -1, -1, device=prefix.device)
+    ids, row = (prefix * weights).sum(dim=1).unique(return_inverse=True)
+    digits = (ids[:, None] // weights) % base
+    return digits, row

@@ -1,12 +1,20 @@
-"""A study's Ray results -> ``trials.parquet`` (one row per trial) and ``curves.parquet``.
+"""A study's Ray results -> ``trials.parquet``, ``curves.parquet`` and ``phases.parquet``.
 
-Both files carry the names of ``grok_tune.metrics`` and ``TrainConfig`` as columns, are written
-with an explicit schema, and appear whole or not at all (written aside, then renamed), on a
-local disk or in cloud storage alike (pyarrow's filesystems).
+- trials: one row per trial: its settings (those its task reads; another task's are null),
+  outcome, region and phase-change headline;
+- curves: every evaluation of every trial (per-position metrics as columns where a task has
+  named positions, e.g. ``val_loss_digit0``);
+- phases: one row per phase change found in any loss curve of any trial (grok_tune/events.py).
+
+The names are those of ``grok_tune.metrics`` and ``TrainConfig``. Each file is written with an
+explicit schema and appears whole or not at all (written aside, then renamed), on a local disk
+or in cloud storage alike (pyarrow's filesystems).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
 import types
 import typing
@@ -20,8 +28,12 @@ import pyarrow.parquet as pq
 
 from grok_tune import metrics as m
 from grok_tune.config import TrainConfig
-from grok_tune.layout import CURVES_FILE, TRIAL_ID, TRIALS_FILE
+from grok_tune.events import DEFAULT_PHASE_RULE, PhaseRule, phase_outcome, run_phase_changes
+from grok_tune.layout import CURVES_FILE, PHASES_FILE, TRIAL_ID, TRIALS_FILE
 from grok_tune.regions import DEFAULT_RULE, REGION, REGION_RULE, RegionRule, classify_trials
+from grok_tune.tasks import INFINITE
+
+PHASE_RULE = "phase_rule"
 
 _OUTCOME_COLUMNS: dict[str, pa.DataType] = {
     m.STATUS: pa.string(),
@@ -36,7 +48,11 @@ _OUTCOME_COLUMNS: dict[str, pa.DataType] = {
     m.VAL_LOSS: pa.float64(),
     m.WEIGHT_NORM: pa.float64(),
     m.FOURIER_SPARSITY: pa.float64(),
+    m.SOFTMAX_COLLAPSE: pa.float64(),
+    m.LOGIT_GAP: pa.float64(),
     m.OBJECTIVE: pa.float64(),
+    **{name: pa.float64() for name in m.PHASE_OUTCOMES},
+    PHASE_RULE: pa.string(),
     "best_val_acc": pa.float64(),
     "wall_time_s": pa.float64(),
     "node": pa.string(),
@@ -47,8 +63,8 @@ _OUTCOME_COLUMNS: dict[str, pa.DataType] = {
     "effective_batch_size": pa.int64(),
     "num_params": pa.int64(),
     "decayed_params": pa.int64(),
-    "train_size": pa.int64(),
-    "val_size": pa.int64(),
+    "train_examples": pa.int64(),  # null: infinite data
+    "val_examples": pa.int64(),
     "error": pa.string(),
     "trial_dir": pa.string(),
 }
@@ -57,6 +73,8 @@ _OUTCOME_COLUMNS: dict[str, pa.DataType] = {
 def _arrow_type(annotation: Any) -> pa.DataType:
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        if int in args and any(typing.get_origin(a) is typing.Literal for a in args):
+            return pa.float64()  # a size or 'infinite': stored as a number, infinite as inf
         return _arrow_type(args[0])
     if typing.get_origin(annotation) is typing.Literal:
         return pa.string()
@@ -64,11 +82,20 @@ def _arrow_type(annotation: Any) -> pa.DataType:
 
 
 CONFIG_SCHEMA = [(name, _arrow_type(f.annotation)) for name, f in TrainConfig.model_fields.items()]
-TRIALS_SCHEMA = pa.schema([(TRIAL_ID, pa.string()), *CONFIG_SCHEMA, *_OUTCOME_COLUMNS.items()])
-CURVES_SCHEMA = pa.schema(
-    [(TRIAL_ID, pa.string()), (m.STEP, pa.int64())]
-    + [(name, pa.float64()) for name in (*m.CURVE_METRICS, m.ELAPSED_S)]
+TRIALS_BASE = [(TRIAL_ID, pa.string()), *CONFIG_SCHEMA, *_OUTCOME_COLUMNS.items()]
+CURVES_BASE = [(TRIAL_ID, pa.string()), (m.STEP, pa.int64())] + [
+    (name, pa.float64()) for name in (*m.CURVE_METRICS, m.ELAPSED_S)
+]
+# the columns every study has; a task with named positions adds its own after them
+TRIALS_SCHEMA = pa.schema(TRIALS_BASE)
+CURVES_SCHEMA = pa.schema(CURVES_BASE)
+PHASES_SCHEMA = pa.schema(
+    [(TRIAL_ID, pa.string()), ("curve", pa.string())]
+    + [(k, pa.float64()) for k in ("step", "start", "end", "loss_start", "loss_end", "size")]
+    + [("factor", pa.float64())]
 )
+_POSITION_EVENT = re.compile(rf"^({m.STEPS_TO_MEMORIZE}|{m.STEPS_TO_GENERALIZE})_\w+$")
+_POSITION_METRIC = re.compile(r"^(train|val)_(acc|loss)_(\w+)$")
 
 
 def _trial_id(result: Any) -> str:
@@ -83,14 +110,25 @@ def _none_if_nan(value: Any) -> Any:
     return None if isinstance(value, float) and value != value else value
 
 
+def config_columns(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's settings as Parquet columns: resolved (a task's defaults filled in), another
+    task's settings null, 'infinite' as inf."""
+    try:
+        used = TrainConfig(**config).used()
+    except ValueError:  # not a valid configuration (a hand-made result): as given
+        used = {k: config.get(k, f.default) for k, f in TrainConfig.model_fields.items()}
+    return {k: math.inf if v == INFINITE else v for k, v in used.items()}
+
+
 def trial_row(result: Any) -> dict[str, Any]:
     """One row of trials.parquet from a ray.tune Result (finished, stopped or errored)."""
     last = dict(result.metrics or {})
-    config = TrainConfig.model_fields.keys()
-    row: dict[str, Any] = {TRIAL_ID: _trial_id(result)}
-    row.update({k: result.config.get(k, TrainConfig.model_fields[k].default) for k in config})
+    row: dict[str, Any] = {TRIAL_ID: _trial_id(result), **config_columns(result.config)}
     for name in _OUTCOME_COLUMNS:
         row[name] = _none_if_nan(last.get(name))
+    for name, value in last.items():  # each named position's own events
+        if _POSITION_EVENT.match(name):
+            row[name] = value
     curve = result.metrics_dataframe
     if curve is not None and m.VAL_ACC in curve:
         row["best_val_acc"] = float(curve[m.VAL_ACC].max())
@@ -106,10 +144,11 @@ def trial_row(result: Any) -> dict[str, Any]:
 
 def curve_rows(result: Any) -> pd.DataFrame:
     curve = result.metrics_dataframe
-    columns = CURVES_SCHEMA.names
+    base = [name for name, _ in CURVES_BASE]
     if curve is None or m.STEP not in curve:
-        return pd.DataFrame(columns=columns)
+        return pd.DataFrame(columns=base)
     curve = curve.assign(**{TRIAL_ID: _trial_id(result)})
+    columns = base + [c for c in curve.columns if _POSITION_METRIC.match(c) and c not in base]
     for name in columns:
         if name not in curve:
             curve[name] = None
@@ -117,16 +156,57 @@ def curve_rows(result: Any) -> pd.DataFrame:
     return curve[columns].drop_duplicates(subset=[m.STEP], keep="last").sort_values(m.STEP)
 
 
-def tables(results: Any, rule: RegionRule = DEFAULT_RULE) -> tuple[pa.Table, pa.Table]:
-    """(trials, curves) Arrow tables from a ray.tune ResultGrid (or any list of Results)."""
-    trials = pd.DataFrame([trial_row(r) for r in results], columns=TRIALS_SCHEMA.names)
+def phase_rows(
+    curves: pd.DataFrame, rule: PhaseRule = DEFAULT_PHASE_RULE
+) -> tuple[pd.DataFrame, dict[str, dict[str, float | None]]]:
+    """Every phase change of every trial's loss curves (rows of phases.parquet), and each
+    trial's headline (the largest drop of its training and validation loss)."""
+    rows, headline = [], {}
+    positions = sorted(
+        {match.group(3) for c in curves.columns if (match := _POSITION_METRIC.match(c))}
+    )
+    for tid, curve in curves.groupby(TRIAL_ID, sort=True):
+        curve = curve.sort_values(m.STEP)
+        columns = {c: curve[c].astype("float64").to_numpy() for c in curve if c != TRIAL_ID}
+        mine = [p for p in positions if curve[f"{m.TRAIN_LOSS}_{p}"].notna().any()]
+        found = run_phase_changes(columns, mine, rule)
+        headline[str(tid)] = phase_outcome(found)
+        for phase in found:
+            rows.append({TRIAL_ID: tid, "curve": phase.curve, **dataclasses.asdict(phase.change)})
+    return pd.DataFrame(rows, columns=PHASES_SCHEMA.names), headline
+
+
+def _schema(base: list[tuple[str, pa.DataType]], frame: pd.DataFrame) -> pa.Schema:
+    """The base columns, then the per-position ones this study's tasks produced."""
+    names = {name for name, _ in base}
+    extra = sorted(c for c in frame.columns if c not in names)
+    types_ = [pa.int64() if _POSITION_EVENT.match(c) else pa.float64() for c in extra]
+    return pa.schema([*base, *zip(extra, types_, strict=True)])
+
+
+def tables(
+    results: Any, rule: RegionRule = DEFAULT_RULE, phase_rule: PhaseRule = DEFAULT_PHASE_RULE
+) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """(trials, curves, phases) Arrow tables from a ray.tune ResultGrid (or a list of Results)."""
+    rows = [trial_row(r) for r in results]
+    trials = pd.DataFrame(rows).reindex(
+        columns=list(dict.fromkeys([n for n, _ in TRIALS_BASE] + [k for r in rows for k in r]))
+    )
     curve_frames = [curve_rows(r) for r in results]
     curves = pd.concat(curve_frames, ignore_index=True) if curve_frames else pd.DataFrame()
-    curves = curves.reindex(columns=CURVES_SCHEMA.names)
+    curves = curves.reindex(
+        columns=list(dict.fromkeys([n for n, _ in CURVES_BASE] + list(curves.columns)))
+    )
+    phases, headline = phase_rows(curves, phase_rule)
+    for name in m.PHASE_OUTCOMES:
+        trials[name] = [headline.get(t, {}).get(name) for t in trials[TRIAL_ID]]
+    trials[PHASE_RULE] = phase_rule.describe()
     trials = classify_trials(trials, curves, rule).sort_values(TRIAL_ID, ignore_index=True)
+    trials_schema, curves_schema = _schema(TRIALS_BASE, trials), _schema(CURVES_BASE, curves)
     return (
-        pa.Table.from_pandas(_to_objects(trials), schema=TRIALS_SCHEMA, preserve_index=False),
-        pa.Table.from_pandas(_to_objects(curves), schema=CURVES_SCHEMA, preserve_index=False),
+        pa.Table.from_pandas(_to_objects(trials), schema=trials_schema, preserve_index=False),
+        pa.Table.from_pandas(_to_objects(curves), schema=curves_schema, preserve_index=False),
+        pa.Table.from_pandas(_to_objects(phases), schema=PHASES_SCHEMA, preserve_index=False),
     )
 
 
@@ -143,9 +223,15 @@ def write_atomic(table: pa.Table, uri: str) -> None:
 
 
 def write_results(results: Any, study_uri: str, rule: RegionRule = DEFAULT_RULE) -> dict[str, str]:
-    trials, curves = tables(results, rule)
-    paths = {"trials": f"{study_uri}/{TRIALS_FILE}", "curves": f"{study_uri}/{CURVES_FILE}"}
+    trials, curves, phases = tables(results, rule)
+    paths = {
+        "trials": f"{study_uri}/{TRIALS_FILE}",
+        "curves": f"{study_uri}/{CURVES_FILE}",
+        "phases": f"{study_uri}/{PHASES_FILE}",
+    }
+    # trials last: its presence says the others are there
     write_atomic(curves, paths["curves"])
+    write_atomic(phases, paths["phases"])
     write_atomic(trials, paths["trials"])
     return paths
 
@@ -156,3 +242,7 @@ def read_trials(study_uri: str) -> pd.DataFrame:
 
 def read_curves(study_uri: str) -> pd.DataFrame:
     return pq.read_table(f"{study_uri}/{CURVES_FILE}").to_pandas()
+
+
+def read_phases(study_uri: str) -> pd.DataFrame:
+    return pq.read_table(f"{study_uri}/{PHASES_FILE}").to_pandas()

@@ -16,11 +16,18 @@ from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from grok_tune import metrics as m
 
-OUTCOME_METRICS = (m.STEPS_TO_MEMORIZE, m.STEPS_TO_GENERALIZE, m.OBJECTIVE)
+OUTCOME_METRICS = (m.STEPS_TO_MEMORIZE, m.STEPS_TO_GENERALIZE, m.OBJECTIVE, *m.PHASE_OUTCOMES)
 
 
 class TrialLog:
-    def __init__(self, log_dir: str | Path, hparams: dict[str, Any], resume_step: int | None):
+    def __init__(
+        self,
+        log_dir: str | Path,
+        hparams: dict[str, Any],
+        resume_step: int | None,
+        positions: tuple[str, ...] = (),
+    ):
+        self.tags = (*m.CURVE_METRICS, *m.position_metrics(positions))
         # purge_step hides what an interrupted attempt logged after the checkpoint we resume from
         self.writer = SummaryWriter(str(log_dir), purge_step=resume_step)
         if resume_step is None:
@@ -28,7 +35,7 @@ class TrialLog:
             self.writer.file_writer.add_summary(session_start)
 
     def evaluation(self, record: dict[str, Any]) -> None:
-        for name in m.CURVE_METRICS:
+        for name in self.tags:
             if record.get(name) is not None:
                 self.writer.add_scalar(name, record[name], record[m.STEP])
 

@@ -1,7 +1,13 @@
-"""One grokking run: data + model + AdamW -> evaluations and events. Knows nothing of Ray.
+"""One grokking run: task data + model + AdamW -> evaluations and events. Knows nothing of Ray.
 
 ``Trainer(cfg).run(on_eval)`` is the one training loop: the CLI below, Ray Tune's trainable and
-the tests all drive it, each with its own ``on_eval`` callback.
+the tests all drive it, each with its own ``on_eval`` callback. A step is::
+
+    batch -> loss_fn(logits, targets) -> backward -> grad_hooks (gradient remedies) -> AdamW
+          -> step_hooks (weight-norm control)
+
+and every ``eval_every`` steps a full evaluation of both splits, read by the event rules of
+grok_tune/events.py, which decide when the run ends.
 
 ``python -m grok_tune.train --op x/y --p 97 --frac 0.5 --steps 100000 --out DIR`` runs one trial
 with a progress bar and writes DIR/curve.csv, DIR/outcome.json and DIR/checkpoint.pt.
@@ -10,8 +16,8 @@ with a progress bar and writes DIR/curve.csv, DIR/outcome.json and DIR/checkpoin
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import math
 import os
 import sys
 import time
@@ -26,59 +32,101 @@ from pydantic import ValidationError
 from grok_tune import metrics as m
 from grok_tune.cli import Parser
 from grok_tune.config import TrainConfig
-from grok_tune.data import is_s5, make_dataset
+from grok_tune.events import RunEvents, StoppingRule, phase_outcome, run_phase_changes
 from grok_tune.model import ModelConfig, Transformer
+from grok_tune.tasks import IGNORE, Layout, Split, make_task
 
 Record = dict[str, Any]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+ParamsHook = Callable[[list[torch.nn.Parameter]], Any]
+INFINITE_BATCH = 512  # batch size of infinite data when none is set
+
+
+def model_config(cfg: TrainConfig, layout: Layout) -> ModelConfig:
+    """The model for a run: the task's layout plus the run's model settings (same names)."""
+    from_task = {
+        "vocab_size": layout.vocab_size,
+        "num_classes": layout.num_classes,
+        "n_positions": layout.n_positions,
+        "n_predict": layout.n_predict,
+        "shared_prefix": layout.shared_prefix,
+    }
+    knobs = {
+        f.name: getattr(cfg, f.name)
+        for f in dataclasses.fields(ModelConfig)
+        if f.name not in from_task and f.name in TrainConfig.model_fields
+    }
+    return ModelConfig(**from_task, **knobs)
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the predicted positions (B, P, classes) vs (B, P)."""
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
 
 
 class Trainer:
-    """Holds the whole state of a run; ``state_dict``/``load_state_dict`` resume it bit-for-bit."""
+    """Holds the whole state of a run; ``state_dict``/``load_state_dict`` resume it bit-for-bit.
+
+    Seams for what a run may add to the plain step (grok_tune/remedies.py): ``loss_fn``, the
+    ``grad_hooks`` called with the parameters between ``backward()`` and the optimizer's step,
+    the ``step_hooks`` called after it; a hook with state (``state_dict``/``load_state_dict``)
+    is saved and restored with the run.
+    """
 
     def __init__(self, cfg: TrainConfig, device: str | torch.device = "cpu") -> None:
         self.cfg = cfg
         self.device = torch.device(device)
-        self.data = make_dataset(cfg.op, cfg.p, cfg.frac, cfg.seed).to(self.device)
-        n_train = len(self.data.train_y)
-        self.batch_size = min(cfg.batch_size or min(512, n_train // 2), n_train) or 1
+        self.task = make_task(cfg)
+        self.layout = self.task.layout
+        # finite data: the training set; infinite: a fixed probe of the stream to measure on
+        self.train_data = self.task.training.to(self.device)
+        self.val_data = self.task.validation.to(self.device)
+        n_train = len(self.train_data)
+        if self.task.infinite:
+            self.batch_size = cfg.batch_size or INFINITE_BATCH
+        else:
+            self.batch_size = min(cfg.batch_size or min(512, n_train // 2), n_train) or 1
         torch.manual_seed(cfg.seed)  # initialisation and dropout; batches have their own stream
-        self.model = Transformer(
-            ModelConfig(
-                vocab_size=self.data.vocab_size,
-                num_classes=self.data.num_classes,
-                n_layers=cfg.n_layers,
-                d_model=cfg.d_model,
-                n_heads=cfg.n_heads,
-                d_mlp=cfg.d_mlp,
-                dropout=cfg.dropout,
-                layer_norm=cfg.layer_norm,
-                init_scale=cfg.init_scale,
-            )
-        ).to(self.device)
+        self.model = Transformer(model_config(cfg, self.layout)).to(self.device)
+        self.params = list(self.model.parameters())
         groups = self.model.param_groups(cfg.weight_decay, cfg.decay_scope)
         self.decayed_params = sum(p.numel() for p in groups[0]["params"])
         self.optimizer = torch.optim.AdamW(
             groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True
         )
         self.batch_rng = torch.Generator().manual_seed(cfg.seed)
+        self.stream_counter = 0  # infinite data: the stream's whole state
         self.step = 0
         self.history: list[Record] = []
-        self.steps_to_memorize: int | None = None
-        self.steps_to_generalize: int | None = None
-        self.best_val_acc = 0.0
-        self.held = 0  # consecutive evaluations at or above the threshold on validation
-        self.status = m.Status.RUNNING
         self.elapsed_s = 0.0
+        self.events = RunEvents(
+            StoppingRule(cfg.steps, cfg.stop_after_generalized, cfg.confusion_step),
+            self.layout.position_names,
+        )
+        self.loss_fn: LossFn = cross_entropy
+        self.grad_hooks: list[ParamsHook] = []
+        self.step_hooks: list[ParamsHook] = []
+
+    @property
+    def status(self) -> str:
+        return self.events.status
 
     # --- the loop -------------------------------------------------------------------------
+    def _batch(self) -> Split:
+        if self.task.infinite:
+            batch, self.stream_counter = self.task.stream(self.stream_counter, self.batch_size)
+            return batch.to(self.device)
+        if self.batch_size == len(self.train_data):
+            return self.train_data
+        idx = torch.randperm(len(self.train_data), generator=self.batch_rng)[: self.batch_size]
+        return self.train_data.rows(idx.to(self.device, non_blocking=True))
+
     def run(self, on_eval: Callable[[Record, Trainer], None] | None = None) -> Record:
         """Train until generalized-and-held, diverged, a stopping rule or the budget.
 
         ``on_eval`` gets every evaluation record (the last one has the final status). Returns it.
         """
-        cfg, model, opt, data = self.cfg, self.model, self.optimizer, self.data
-        n_train = len(data.train_y)
-        full_batch = self.batch_size == n_train
+        cfg, model, opt = self.cfg, self.model, self.optimizer
         model.train()
         if self.step == 0 and not self.history:
             record = self._evaluate(0.0)
@@ -97,16 +145,15 @@ class Trainer:
                 elif self.step == cfg.warmup_steps:
                     for group in opt.param_groups:
                         group["lr"] = cfg.lr
-                if full_batch:
-                    xb, yb = data.train_x, data.train_y
-                else:
-                    idx = torch.randperm(n_train, generator=self.batch_rng)[: self.batch_size]
-                    idx = idx.to(self.device, non_blocking=True)
-                    xb, yb = data.train_x[idx], data.train_y[idx]
-                loss = F.cross_entropy(model(xb), yb)
+                batch = self._batch()
+                loss = self.loss_fn(model(batch.x), batch.y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                for hook in self.grad_hooks:
+                    hook(self.params)
                 opt.step()
+                for hook in self.step_hooks:
+                    hook(self.params)
                 self.step += 1
             record = self._evaluate(time.perf_counter() - t0)
             if on_eval:
@@ -114,101 +161,69 @@ class Trainer:
         return record
 
     def _evaluate(self, train_seconds: float) -> Record:
-        cfg, data = self.cfg, self.data
         t0 = time.perf_counter()
-        train_acc, train_loss = m.accuracy_and_loss(self.model, data.train_x, data.train_y)
-        val_acc, val_loss = m.accuracy_and_loss(self.model, data.val_x, data.val_y)
-        norm = m.weight_norm(self.model)
-        sparsity = (
-            None
-            if is_s5(cfg.op)
-            else m.fourier_sparsity(self.model.tok_emb.weight[: data.num_classes])
-        )
+        record: Record = {m.STEP: self.step}
+        record |= m.evaluate(self.model, self.train_data, self.layout, "train", collapse=True)
+        record |= m.evaluate(self.model, self.val_data, self.layout, "val")
+        record[m.WEIGHT_NORM] = m.weight_norm(self.model)
+        record |= self.task.measures(self.model)
+        record[m.LR] = self.optimizer.param_groups[0]["lr"]
         self.elapsed_s += train_seconds + time.perf_counter() - t0
-
-        thr = m.ACCURACY_THRESHOLD
-        if not all(map(math.isfinite, (train_loss, val_loss, norm))):
-            self.status = m.Status.DIVERGED
-        else:
-            self.best_val_acc = max(self.best_val_acc, val_acc)
-            if self.steps_to_memorize is None and train_acc >= thr:
-                self.steps_to_memorize = self.step
-            if self.steps_to_generalize is None and val_acc >= thr:
-                self.steps_to_generalize = self.step
-            self.held = self.held + 1 if val_acc >= thr else 0
-            held_enough = cfg.stop_after_generalized and self.held >= cfg.stop_after_generalized
-            confused = (
-                cfg.confusion_step is not None
-                and self.step >= cfg.confusion_step
-                and self.steps_to_memorize is None
-            )
-            if held_enough or self.step >= cfg.steps or confused:
-                generalized = self.steps_to_generalize is not None
-                self.status = m.Status.GENERALIZED if generalized else m.Status.CENSORED
-
-        record: Record = {
-            m.STEP: self.step,
-            m.TRAIN_ACC: train_acc,
-            m.TRAIN_LOSS: train_loss,
-            m.VAL_ACC: val_acc,
-            m.VAL_LOSS: val_loss,
-            m.WEIGHT_NORM: norm,
-            m.FOURIER_SPARSITY: sparsity,
-            m.LR: self.optimizer.param_groups[0]["lr"],
-            m.ELAPSED_S: self.elapsed_s,
-            m.STEPS_TO_MEMORIZE: self.steps_to_memorize,
-            m.STEPS_TO_GENERALIZE: self.steps_to_generalize,
-            m.STATUS: str(self.status),
-            m.OBJECTIVE: m.objective(
-                self.status, self.steps_to_generalize, self.best_val_acc, cfg.steps
-            ),
-            m.DONE: self.status != m.Status.RUNNING,
-        }
+        record[m.ELAPSED_S] = self.elapsed_s
+        self.events.update(record)
+        record |= self.events.outcome()
         self.history.append(record)
         return record
 
+    def phases(self) -> Record:
+        """The run's largest phase changes of the training and validation loss so far."""
+        curve = (
+            {k: [r.get(k) for r in self.history] for k in self.history[0]} if self.history else {}
+        )
+        return phase_outcome(run_phase_changes(curve, self.layout.position_names))
+
     # --- checkpoints ----------------------------------------------------------------------
+    def _stateful_hooks(self) -> list[Any]:
+        return [h for h in (*self.grad_hooks, *self.step_hooks) if hasattr(h, "state_dict")]
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "config": self.cfg.model_dump(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "hooks": [h.state_dict() for h in self._stateful_hooks()],
             "batch_rng": self.batch_rng.get_state(),
+            "stream_counter": self.stream_counter,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
             "step": self.step,
             "history": self.history,
-            "steps_to_memorize": self.steps_to_memorize,
-            "steps_to_generalize": self.steps_to_generalize,
-            "best_val_acc": self.best_val_acc,
-            "held": self.held,
-            "status": str(self.status),
+            "events": self.events.state_dict(),
             "elapsed_s": self.elapsed_s,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         mine = self.cfg.model_dump()
         if state["config"] != mine:
-            differ = [k for k in mine if state["config"].get(k) != mine[k]]
+            theirs = state["config"]
+            differ = [f"{k} {theirs.get(k)!r} there, {v!r} here" for k, v in mine.items()
+                      if theirs.get(k) != v]  # fmt: skip
             raise ValueError(
                 "checkpoint was written by a run with a different configuration: "
-                + ", ".join(
-                    f"{k} {state['config'].get(k)!r} there, {mine[k]!r} here" for k in differ
-                )
+                + ", ".join(differ)
             )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        for hook, hook_state in zip(self._stateful_hooks(), state["hooks"], strict=True):
+            hook.load_state_dict(hook_state)
         self.batch_rng.set_state(state["batch_rng"])
+        self.stream_counter = state["stream_counter"]
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.step = state["step"]
         self.history = state["history"]
-        self.steps_to_memorize = state["steps_to_memorize"]
-        self.steps_to_generalize = state["steps_to_generalize"]
-        self.best_val_acc = state["best_val_acc"]
-        self.held = state["held"]
-        self.status = m.Status(state["status"])
+        self.events.load_state_dict(state["events"])
         self.elapsed_s = state["elapsed_s"]
 
     def save(self, path: str | os.PathLike) -> None:
@@ -225,8 +240,8 @@ class Trainer:
             "effective_batch_size": self.batch_size,
             "num_params": self.model.num_params(),
             "decayed_params": self.decayed_params,
-            "train_size": len(self.data.train_y),
-            "val_size": len(self.data.val_y),
+            "train_examples": None if self.task.infinite else len(self.train_data),
+            "val_examples": len(self.val_data),
             "device": str(self.device),
             "threads": torch.get_num_threads(),
         }
@@ -381,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
     pd.DataFrame(trainer.history).to_csv(out / "curve.csv", index=False)
-    outcome = {**cfg.model_dump(), **trainer.summary(), **final}
+    outcome = {**cfg.used(), **trainer.summary(), **final, **trainer.phases()}
     (out / "outcome.json").write_text(json.dumps(outcome, indent=2) + "\n")
     print(
         f"{final[m.STATUS]}: memorized at step {final[m.STEPS_TO_MEMORIZE]}, generalized at step "

@@ -51,7 +51,9 @@ def grokking_trial(config: dict[str, Any], checkpoint_every: int = 1000) -> None
     }
     # a resumed trial re-logs what came after its checkpoint, which logged its own step
     resume_step = trainer.step + 1 if checkpoint else None
-    log = TrialLog(ctx.get_trial_dir(), {**cfg.model_dump(), **where}, resume_step)
+    log = TrialLog(
+        ctx.get_trial_dir(), {**cfg.used(), **where}, resume_step, trainer.layout.position_names
+    )
 
     reported = False
 
@@ -72,4 +74,4 @@ def grokking_trial(config: dict[str, Any], checkpoint_every: int = 1000) -> None
         # restored from the final checkpoint of a run that ended after Tune's last snapshot of
         # the study: nothing to train, but Tune must still hear the outcome
         tune.report({**final, **where})
-    log.finish(final)
+    log.finish({**final, **trainer.phases()})

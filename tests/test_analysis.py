@@ -29,7 +29,7 @@ from analysis.common import (
 )
 from grok_tune import metrics as m
 from grok_tune import search
-from grok_tune.data import S5_ELEMENTS, compose
+from grok_tune.tasks.tables import S5_ELEMENTS, compose
 from grok_tune.regions import (
     REGION,
     Region,
@@ -37,13 +37,8 @@ from grok_tune.regions import (
     classify_trials,
     first_step_reaching,
 )
-from grok_tune.results import (
-    CURVES_FILE,
-    CURVES_SCHEMA,
-    TRIAL_ID,
-    TRIALS_FILE,
-    TRIALS_SCHEMA,
-)
+from grok_tune.layout import CURVES_FILE, TRIAL_ID, TRIALS_FILE
+from grok_tune.results import CURVES_SCHEMA, TRIALS_SCHEMA
 from grok_tune.train import TrainConfig
 
 from .conftest import TINY_PARAMS
@@ -297,7 +292,7 @@ def test_unknown_axis_lists_the_allowed_columns(grid_dir, capsys):
         phase_map.main([str(grid_dir), "--x", "learning_rate", "--y", "weight_decay"])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert "unknown column 'learning_rate'" in err and "allowed: op, p, frac, seed, lr" in err
+    assert "unknown column 'learning_rate'" in err and "allowed: task, op, p, frac," in err
     with pytest.raises(AnalysisError, match="unknown trial 'nope'"):
         curves.plot_curves(load_study(grid_dir), ["nope"])
 

@@ -282,13 +282,17 @@ def test_train_resume_names_the_settings_that_differ(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["--op", "x**y"], ["unknown operation 'x**y'", "allowed: x+y"]),
-        (["--op", "x+y", "--p", "100000"], ["p = 100000: at most 1000"]),
-        (["--op", "x+y", "--frac", "0"], ["frac = 0.0"]),
-        (["--op", "x+y", "--p", "abc"], ["--p: invalid int value: 'abc'"]),
-        (["--op", "x+y", "--seed", "-1"], ["--seed -1"]),
+        (["--op", "x**y"], ["--op: Input should be 'x+y'"]),
+        (["--op", "x+y", "--p", "100000"], ["--p: Input should be less than or equal to 1000"]),
+        (["--op", "x+y", "--frac", "0"], ["--frac: Input should be greater than 0"]),
+        (["--op", "x+y", "--p", "abc"], ["--p: Input should be a valid integer"]),
+        (["--op", "x+y", "--seed", "-1"], ["--seed: Input should be greater than or equal to 0"]),
+        (["--task", "addition", "--frac", "0.3"], ["frac: a setting of task table"]),
+        (["--task", "addition", "--digits", "1", "--train-size", "95"], ["exceeds the 100"]),
+        (["--task", "addition", "--format", "table"], ["--format table: only operation"]),
+        (["--task", "sudoku"], ["--task: Input should be 'table'"]),
     ],
-    ids=["op", "p", "frac", "p word", "seed"],
+    ids=["op", "p", "frac", "p word", "seed", "foreign", "too small", "format", "task"],
 )
 def test_data_refuses_bad_input(capsys, argv, expected):
     code, err = run(data.main, argv, capsys)

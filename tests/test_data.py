@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from grok_tune import data
-from grok_tune.data import OPERATIONS, S5_ELEMENTS, equations, make_dataset, split_mask
+from grok_tune.config import TrainConfig
+from grok_tune.tasks.tables import (
+    OPERATIONS,
+    S5_ELEMENTS,
+    TableTask,
+    equations,
+    is_s5,
+    split_mask,
+)
 
 P = 7
 
@@ -45,6 +53,10 @@ def test_division_if_odd_else_subtraction():
     assert len(t) == P * P
     for (x, y), c in t.items():
         assert (c * y) % P == x if y % 2 else c == (x - y) % P
+
+
+def make_task(op: str, p: int, frac: float, seed: int, **more) -> TableTask:
+    return TableTask(TrainConfig(op=op, p=p, frac=frac, seed=seed, **more))
 
 
 def perm(i: int) -> tuple[int, ...]:
@@ -95,9 +107,9 @@ def test_split_is_deterministic_disjoint_and_nested():
     assert not torch.equal(a, split_mask("x+y", 11, 0.5, seed=4))
     small = split_mask("x+y", 11, 0.3, seed=3)
     assert bool((small & ~a).sum() == 0)  # the smaller training set lies inside the larger
-    ds = make_dataset("x+y", 11, 0.5, seed=3)
-    train = {tuple(r) for r in ds.train_x.tolist()}
-    val = {tuple(r) for r in ds.val_x.tolist()}
+    task = make_task("x+y", 11, 0.5, seed=3)
+    train = {tuple(r) for r in task.training.x.tolist()}
+    val = {tuple(r) for r in task.validation.x.tolist()}
     assert not train & val and len(train) + len(val) == 121
 
 
@@ -111,12 +123,25 @@ GOLDEN_SPLIT = "043492b19cf8fa74"
 
 
 def test_tokens():
-    ds = make_dataset("x-y", 5, 0.6, seed=0)
-    assert ds.vocab_size == 7 and ds.num_classes == 5
-    assert ds.train_x.shape[1] == 4
-    assert set(ds.train_x[:, 1].tolist()) == {5} and set(ds.train_x[:, 3].tolist()) == {6}
-    for (a, _, b, _), c in zip(ds.train_x.tolist(), ds.train_y.tolist(), strict=True):
+    task = make_task("x-y", 5, 0.6, seed=0)
+    layout, train = task.layout, task.training
+    assert layout.vocab_size == 7 and layout.num_classes == 5
+    assert layout.n_positions == 4 and layout.n_predict == 1 and layout.shared_prefix == 2
+    assert train.x.shape[1] == 4 and train.y.shape[1] == 1
+    assert set(train.x[:, 1].tolist()) == {5} and set(train.x[:, 3].tolist()) == {6}
+    for (a, _, b, _), (c,) in zip(train.x.tolist(), train.y.tolist(), strict=True):
         assert c == (a - b) % 5
+
+
+def test_tokens_without_the_operator():
+    # Nanda et al.'s layout: 'a b =', the same split
+    task = make_task("x-y", 5, 0.6, seed=0, operator_token=False)
+    with_op = make_task("x-y", 5, 0.6, seed=0)
+    layout = task.layout
+    assert (layout.vocab_size, layout.n_positions, layout.shared_prefix) == (6, 3, 1)
+    assert set(task.training.x[:, 2].tolist()) == {5}
+    assert torch.equal(task.training.x, with_op.training.x[:, [0, 2, 3]] - torch.tensor([0, 0, 1]))
+    assert torch.equal(task.training.y, with_op.training.y)
 
 
 @pytest.mark.parametrize(
@@ -142,8 +167,9 @@ def test_non_prime_modulus_is_fine_without_inverses():
 
 def test_every_operation_builds():
     for op in OPERATIONS:
-        ds = make_dataset(op, 5, 0.5, 0)
-        assert len(ds.train_y) + len(ds.val_y) == (14400 if data.is_s5(op) else len(table(op, 5)))
+        task = make_task(op, 5 if not is_s5(op) else 97, 0.5, 0)
+        total = len(task.training) + len(task.validation)
+        assert total == (14400 if is_s5(op) else len(table(op, 5)))
 
 
 def test_cli_table_and_csv(capsys):

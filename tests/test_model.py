@@ -24,7 +24,8 @@ def test_nanda_variant_has_no_layer_norm():
 
 
 def reference_forward(model: Transformer, idx: torch.Tensor) -> torch.Tensor:
-    """The obvious computation: every layer on every position, causal mask, then the last one."""
+    """The obvious computation: every layer on every position, causal mask, then the last
+    n_predict positions."""
     x = model.tok_emb(idx) + model.pos_emb.weight[: idx.shape[1]]
     for block in model.blocks:
         B, T, C = x.shape
@@ -33,18 +34,37 @@ def reference_forward(model: Transformer, idx: torch.Tensor) -> torch.Tensor:
         q, k, v = (t.view(B, T, block.attn.n_heads, -1).transpose(1, 2) for t in (q, k, v))
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         x = x + block.attn.proj(y.transpose(1, 2).reshape(B, T, C))
-        x = x + block.mlp(block.ln2(x))
-    return model.head(model.ln_f(x))[:, -1]
+        if block.mlp is not None:
+            x = x + block.mlp(block.ln2(x))
+    return model.head(model.ln_f(x))[:, -model.cfg.n_predict :]
 
 
+# (n_positions, n_predict, shared_prefix, d_mlp): a table, a table without the operator token,
+# a sum's answer digits, an attention-only model predicting every position
+LAYOUTS = [(4, 1, 2, 512), (3, 1, 1, 512), (8, 3, 0, 64), (9, 9, 0, 0), (6, 3, 2, 32)]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=["table", "a b =", "digits", "all", "prefix+3"])
 @pytest.mark.parametrize("shared_prefix", [True, False])
 @pytest.mark.parametrize("n_layers", [1, 2, 3])
-def test_shortcuts_are_exact(n_layers, shared_prefix):
+def test_shortcuts_are_exact(n_layers, shared_prefix, layout):
+    n_positions, n_predict, prefix, d_mlp = layout
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=13, num_classes=11, n_layers=n_layers, shared_prefix=shared_prefix)
+    cfg = ModelConfig(
+        vocab_size=13,
+        num_classes=11,
+        n_positions=n_positions,
+        n_predict=n_predict,
+        shared_prefix=prefix if shared_prefix else 0,
+        n_layers=n_layers,
+        d_mlp=d_mlp,
+    )
     model = Transformer(cfg)
-    idx = torch.randint(0, 13, (64, 4))  # any (a, ∘) pairs, not one operator token
+    # few distinct prefixes, as in a table: rows share them
+    idx = torch.randint(0, 13, (64, n_positions))
+    idx[:, :2] = torch.randint(0, 3, (64, 2))
     out, ref = model(idx), reference_forward(model, idx)
+    assert out.shape == (64, n_predict, 11)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     # and the gradients: every row's share of its prefix flows back to the shared computation
     grads = torch.autograd.grad(out.square().sum(), list(model.parameters()))
@@ -53,9 +73,26 @@ def test_shortcuts_are_exact(n_layers, shared_prefix):
         torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-5)
 
 
+def test_attention_only_blocks_have_no_mlp():
+    model = Transformer(ModelConfig(vocab_size=13, num_classes=13, d_mlp=0, n_layers=2))
+    assert all(b.mlp is None for b in model.blocks)
+    assert not any(isinstance(x, torch.nn.ReLU) for x in model.modules())
+
+
+def test_model_defaults_are_the_settings_defaults():
+    # TrainConfig owns the knobs and their defaults; the model reads them from there
+    import dataclasses
+
+    from grok_tune.config import TrainConfig
+
+    for field in dataclasses.fields(ModelConfig):
+        if field.name in TrainConfig.model_fields and field.name != "n_positions":
+            assert field.default == TrainConfig.model_fields[field.name].default, field.name
+
+
 def test_dropout_runs_every_row_on_its_own():
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(vocab_size=13, num_classes=11, dropout=0.5))
+    model = Transformer(ModelConfig(vocab_size=13, num_classes=11, dropout=0.5, shared_prefix=2))
     idx = torch.tensor([[1, 11, 2, 12]] * 2)
     # shared prefixes would give both rows the same dropout mask, hence the same logits
     assert not torch.allclose(*model(idx))

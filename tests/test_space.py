@@ -38,7 +38,7 @@ def test_shipped_study_files_are_valid():
     ("data", "messages"),
     [
         ({**GOOD, "colour": 1}, ["(top level): unknown key 'colour'; allowed: name,"]),
-        (with_params(colour=1), ["params: unknown setting 'colour'; allowed: op"]),
+        (with_params(colour=1), ["params: unknown setting 'colour'; allowed: task, op"]),
         ({**GOOD, "mode": "sweep"}, ["mode: Input should be 'grid', 'random' or 'optuna'"]),
         ({**GOOD, "num_samples": "many"}, ["num_samples: Input should be a valid integer"]),
         ({**GOOD, "num_samples": 0}, ["num_samples: Input should be greater than or equal to 1"]),

@@ -1,1 +1,149 @@
-"""Tasks: what a trial learns (placeholder while the task protocol is being written)."""
+"""Tasks: what a trial learns. One module per task family, behind one small protocol.
+
+A task owns its vocabulary, its sequence layout, which positions are predicted, how examples
+are made, how training and validation data are chosen, and its own progress measures. The loop
+(grok_tune/train.py), the search service and analysis see only what is defined here:
+
+- ``Layout``: the model's side of the task (tokens in, classes out, sequence length, how many
+  trailing positions carry a prediction and what each is called);
+- ``Split``: token rows ``x`` (N, seq_len) and targets ``y`` (N, n_predict), ``IGNORE`` where a
+  position predicts nothing in that row;
+- ``Task``: the validation split, the training split (finite data) or a stream of fresh batches
+  (infinite data, its state one counter), and measures of the model beyond loss and accuracy.
+
+Adding a task is a module with a ``Task`` subclass registered in ``TASKS`` below, and its
+settings as fields of ``TrainConfig``; nothing else changes.
+
+Nothing here imports torch at module level: the settings are checked (``check``) where torch is
+not loaded (the search driver, analysis).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from grok_tune.config import TrainConfig
+
+# targets of positions that predict nothing in a row (torch's cross-entropy default)
+IGNORE = -100
+INFINITE = "infinite"
+
+
+@dataclass(frozen=True)
+class Layout:
+    vocab_size: int  # input tokens
+    num_classes: int  # answer classes at each predicted position
+    n_positions: int  # model input length
+    n_predict: int  # trailing positions with a prediction (the model's last layer runs on them)
+    # per predicted position, a name for its own metrics; () when the positions are one group
+    position_names: tuple[str, ...] = ()
+    # the first `shared_prefix` positions take few distinct values across rows, and causal
+    # attention makes them depend on nothing else: the model may run them once per distinct
+    # prefix (0: no such prefix)
+    shared_prefix: int = 0
+    # accuracy counts a row as right only when every predicted position is (an answer of
+    # several digits); otherwise each predicted position counts on its own (tokens)
+    exact_match: bool = True
+
+
+@dataclass(frozen=True)
+class Split:
+    """Token rows and their targets, on one device."""
+
+    x: torch.Tensor  # (N, seq_len) token ids
+    y: torch.Tensor  # (N, n_predict) target classes, IGNORE where nothing is predicted
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def to(self, device: torch.device | str) -> Split:
+        return Split(self.x.to(device), self.y.to(device))
+
+    def rows(self, index: torch.Tensor) -> Split:
+        return Split(self.x[index], self.y[index])
+
+
+class Task(ABC):
+    """One task with its settings resolved: data for one run."""
+
+    name: ClassVar[str]
+    # the TrainConfig fields this task reads (others of other tasks are refused, or left blank
+    # in the records)
+    settings: ClassVar[tuple[str, ...]]
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+
+    @classmethod
+    @abstractmethod
+    def check(cls, cfg: TrainConfig) -> None:
+        """Raise ValueError unless the settings make a task that can run (torch-free)."""
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Values of this task's settings where the study left them unset (None)."""
+        return {}
+
+    @property
+    @abstractmethod
+    def layout(self) -> Layout: ...
+
+    @property
+    @abstractmethod
+    def validation(self) -> Split:
+        """A fixed, seeded validation split, disjoint from the training data."""
+
+    @property
+    @abstractmethod
+    def training(self) -> Split:
+        """Finite data: the training split. Infinite data: a fixed probe drawn from the training
+        stream, on which train loss and accuracy are measured."""
+
+    @property
+    def infinite(self) -> bool:
+        return False
+
+    def stream(self, counter: int, batch_size: int) -> tuple[Split, int]:
+        """Infinite data: a fresh batch from the training stream at ``counter``, and the next
+        counter (the stream's whole state)."""
+        raise NotImplementedError(f"task {self.name} has finite training data")
+
+    def measures(self, model: nn.Module) -> dict[str, float | None]:
+        """Task-specific progress measures of the model, logged every evaluation."""
+        return {}
+
+    def measure_names(self) -> tuple[str, ...]:
+        return ()
+
+
+def _registry() -> dict[str, type[Task]]:
+    from grok_tune.tasks.addition import AdditionTask
+    from grok_tune.tasks.repeated_subsequence import RepeatedSubsequenceTask
+    from grok_tune.tasks.tables import TableTask
+
+    return {t.name: t for t in (TableTask, AdditionTask, RepeatedSubsequenceTask)}
+
+
+TASK_NAMES = ("table", "addition", "repeated_subsequence")
+
+
+def task_class(name: str) -> type[Task]:
+    registry = _registry()
+    if name not in registry:
+        raise ValueError(f"unknown task {name!r}; allowed: {', '.join(registry)}")
+    return registry[name]
+
+
+def make_task(cfg: TrainConfig) -> Task:
+    return task_class(cfg.task)(cfg)
+
+
+def task_settings() -> dict[str, tuple[str, ...]]:
+    """Every task's own settings, by task."""
+    return {name: cls.settings for name, cls in _registry().items()}

@@ -22,11 +22,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from grok_tune.tasks import INFINITE, Layout, Split, Task
 from grok_tune.tasks.streams import I64, U64, draw, uniform_ints_at
+
+if TYPE_CHECKING:
+    from grok_tune.config import TrainConfig
 
 PLUS = 10
 EQUALS = 11
@@ -238,3 +243,72 @@ def csv_rows(
     for split, ex in (("train", train), ("val", data.validation)):
         for a, b, c in zip(ex.a.tolist(), ex.b.tolist(), ex.c.tolist(), strict=True):
             yield f"{a},{b},{c},{split}"
+
+
+# --- the task -------------------------------------------------------------------------------
+class AdditionTask(Task):
+    """``task: addition``: ``a + b =`` and the n + 1 answer digits, all predicted at once.
+
+    The model reads the sequence up to the last answer digit (teacher forcing: answer digit k is
+    predicted from '=' and the digits before it), so the last n + 1 positions each predict one
+    answer digit. Their metrics go by ``digit0`` (the carry, the most significant) to ``digitN``
+    (the units). Accuracy counts an example right when all its digits are.
+    """
+
+    name = "addition"
+    settings: ClassVar[tuple[str, ...]] = ("digits", "train_size", "val_size")
+    DEFAULT_TRAIN_SIZE = 750  # Nanda's finite regime
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        return {"train_size": cls.DEFAULT_TRAIN_SIZE}
+
+    @classmethod
+    def check(cls, cfg: TrainConfig) -> None:
+        cls._data(cfg)  # validates without generating anything
+
+    @staticmethod
+    def _data(cfg: TrainConfig) -> AdditionData:
+        train_size = None if cfg.train_size == INFINITE else cfg.train_size
+        return AdditionData(
+            digits=cfg.digits, train_size=train_size, val_size=cfg.val_size, seed=cfg.seed
+        )
+
+    @cached_property
+    def data(self) -> AdditionData:
+        return self._data(self.cfg)
+
+    @property
+    def infinite(self) -> bool:
+        return self.data.train_size is None
+
+    @cached_property
+    def layout(self) -> Layout:
+        n = self.cfg.digits
+        return Layout(
+            vocab_size=VOCAB_SIZE,
+            num_classes=10,
+            n_positions=sequence_length(n) - 1,
+            n_predict=n + 1,
+            position_names=tuple(f"digit{k}" for k in range(n + 1)),
+        )
+
+    def _split(self, examples: Examples) -> Split:
+        import torch
+
+        tokens = torch.from_numpy(examples.tokens)
+        return Split(tokens[:, :-1].contiguous(), torch.from_numpy(examples.targets).clone())
+
+    @cached_property
+    def validation(self) -> Split:
+        return self._split(self.data.validation)
+
+    @cached_property
+    def training(self) -> Split:
+        if self.infinite:  # a fixed probe: the stream's first val_size examples
+            return self._split(self.data.batch(0, self.cfg.val_size)[0])
+        return self._split(self.data.training)
+
+    def stream(self, counter: int, batch_size: int) -> tuple[Split, int]:
+        examples, counter = self.data.batch(counter, batch_size)
+        return self._split(examples), counter

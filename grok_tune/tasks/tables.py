@@ -1,0 +1,259 @@
+"""The operation tables of Power et al. (2022): ``a ∘ b = c`` over Z_p or S5.
+
+Each equation becomes the tokens ``[a, ∘, b, =]`` (Nanda et al.'s ``[a, b, =]`` with
+``operator_token: false``) with the answer ``c`` predicted at the last position. Element tokens
+are ``0 .. n-1`` (residues mod p, or the 120 permutations of S5 in lexicographic order), then
+the operator's token (when present) and ``=``'s.
+
+The split ranks equations by a hash of (seed, a, b), not by a framework's RNG: the same on
+every machine and every torch/numpy version, and for one seed a smaller fraction's training set
+lies inside a larger one's, which keeps fraction sweeps comparable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import sys
+from collections.abc import Callable, Iterator
+from functools import cache, cached_property
+from typing import TYPE_CHECKING, ClassVar
+
+from grok_tune.tasks import Layout, Split, Task
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from grok_tune.config import TrainConfig
+
+S5_PREFIX = "S5:"
+# The whole table is built in memory (p² equations): p = 1000 takes about 4 s and 0.5 GB here,
+# and the largest p the paper's experiments need is 113.
+P_MAX = 1000
+
+# Operations over Z_p: name -> (c(x, y, p) or None where undefined, needs an inverse mod p).
+_ZP_OPS: dict[str, tuple[Callable[[int, int, int], int | None], bool]] = {
+    "x+y": (lambda x, y, p: (x + y) % p, False),
+    "x-y": (lambda x, y, p: (x - y) % p, False),
+    "x/y": (lambda x, y, p: x * pow(y, -1, p) % p if y else None, True),
+    "x/y_if_y_odd_else_x-y": (
+        lambda x, y, p: x * pow(y, -1, p) % p if y % 2 else (x - y) % p,
+        True,
+    ),
+    "x^2+y^2": (lambda x, y, p: (x * x + y * y) % p, False),
+    "x^2+xy+y^2": (lambda x, y, p: (x * x + x * y + y * y) % p, False),
+    "x^2+xy+y^2+x": (lambda x, y, p: (x * x + x * y + y * y + x) % p, False),
+    "x^3+xy": (lambda x, y, p: (x**3 + x * y) % p, False),
+    "x^3+xy^2+y": (lambda x, y, p: (x**3 + x * y * y + y) % p, False),
+}
+
+Perm = tuple[int, ...]
+
+
+def compose(f: Perm, g: Perm) -> Perm:
+    """(f·g)(i) = f(g(i)): g acts first, as in function composition."""
+    return tuple(f[i] for i in g)
+
+
+def _inverse(f: Perm) -> Perm:
+    inv = [0] * len(f)
+    for i, fi in enumerate(f):
+        inv[fi] = i
+    return tuple(inv)
+
+
+_S5_OPS: dict[str, Callable[[Perm, Perm], Perm]] = {
+    "x*y": lambda x, y: compose(x, y),
+    "x*y*x^-1": lambda x, y: compose(compose(x, y), _inverse(x)),
+    "x*y*x": lambda x, y: compose(compose(x, y), x),
+}
+
+OPERATIONS: tuple[str, ...] = (*_ZP_OPS, *(S5_PREFIX + name for name in _S5_OPS))
+S5_ELEMENTS: tuple[Perm, ...] = tuple(itertools.permutations(range(5)))
+
+
+def is_s5(op: str) -> bool:
+    return op.startswith(S5_PREFIX)
+
+
+def is_prime(n: int) -> bool:
+    return n >= 2 and all(n % d for d in range(2, int(n**0.5) + 1))
+
+
+def check_operation(op: str, p: int) -> None:
+    """Raise ValueError naming the bad value and what is allowed."""
+    if op not in OPERATIONS:
+        raise ValueError(f"unknown operation {op!r}; allowed: {', '.join(OPERATIONS)}")
+    if is_s5(op):
+        return
+    if p < 2:
+        raise ValueError(f"p = {p}: the modulus must be at least 2")
+    if p > P_MAX:
+        raise ValueError(f"p = {p}: at most {P_MAX} (the table of p² equations is built in memory)")
+    if _ZP_OPS[op][1] and not is_prime(p):
+        raise ValueError(f"p = {p} is not prime: operation {op!r} needs an inverse mod p")
+
+
+def num_elements(op: str, p: int) -> int:
+    """Number of element tokens (and of answer classes)."""
+    return len(S5_ELEMENTS) if is_s5(op) else p
+
+
+def table_size(op: str, p: int) -> int:
+    """Number of equations, without building the table (division skips y = 0)."""
+    if is_s5(op):
+        return len(S5_ELEMENTS) ** 2
+    return p * (p - 1) if op == "x/y" else p * p
+
+
+def check_split(op: str, p: int, frac: float) -> None:
+    """Raise ValueError unless ``frac`` leaves at least one equation on each side."""
+    if not 0.0 < frac < 1.0:
+        raise ValueError(f"frac = {frac}: the training fraction must lie strictly in (0, 1)")
+    total = table_size(op, p)
+    n_train = round(frac * total)
+    if not 0 < n_train < total:
+        where = op if is_s5(op) else f"{op}, p = {p}"
+        raise ValueError(
+            f"frac = {frac} of {total} equations ({where}) leaves {n_train} for training "
+            f"and {total - n_train} for validation: both need at least one"
+        )
+
+
+def element_name(op: str, i: int) -> str:
+    """An element as printed: a residue, or a permutation of 0..4 in one-line notation."""
+    return "".join(map(str, S5_ELEMENTS[i])) if is_s5(op) else str(i)
+
+
+@cache
+def _table(op: str, p: int) -> tuple[tuple[int, int, int], ...]:
+    check_operation(op, p)
+    if is_s5(op):
+        fn = _S5_OPS[op.removeprefix(S5_PREFIX)]
+        index = {g: i for i, g in enumerate(S5_ELEMENTS)}
+        return tuple(
+            (i, j, index[fn(x, y)])
+            for (i, x), (j, y) in itertools.product(enumerate(S5_ELEMENTS), repeat=2)
+        )
+    fn = _ZP_OPS[op][0]
+    rows = ((x, y, fn(x, y, p)) for x, y in itertools.product(range(p), repeat=2))
+    return tuple((x, y, c) for x, y, c in rows if c is not None)
+
+
+def equations(op: str, p: int) -> torch.Tensor:
+    """All equations of the operation as an (N, 3) tensor of (a, b, c), a-major order."""
+    import torch
+
+    return torch.tensor(_table(op, p), dtype=torch.long)
+
+
+def _split_key(seed: int, a: int, b: int) -> bytes:
+    return hashlib.blake2b(f"{seed}:{a}:{b}".encode(), digest_size=8).digest()
+
+
+def split_mask(op: str, p: int, frac: float, seed: int) -> torch.Tensor:
+    """Boolean mask over ``equations(op, p)``: True = training.
+
+    Equations are ranked by a hash of (seed, a, b), not by a framework's RNG, so the split is the
+    same on every machine and every torch/numpy version; for one seed a smaller fraction's
+    training set is a subset of a larger one's, which keeps fraction sweeps comparable.
+    """
+    import torch
+
+    check_split(op, p, frac)
+    table = _table(op, p)
+    n_train = round(frac * len(table))
+    order = sorted(range(len(table)), key=lambda i: _split_key(seed, table[i][0], table[i][1]))
+    mask = torch.zeros(len(table), dtype=torch.bool)
+    mask[order[:n_train]] = True
+    return mask
+
+
+class TableTask(Task):
+    """``task: table``: one of the 12 operations, a fraction of its table for training."""
+
+    name = "table"
+    settings: ClassVar[tuple[str, ...]] = ("op", "p", "frac", "operator_token")
+
+    @classmethod
+    def check(cls, cfg: TrainConfig) -> None:
+        check_operation(cfg.op, cfg.p)
+        check_split(cfg.op, cfg.p, cfg.frac)
+
+    @cached_property
+    def layout(self) -> Layout:
+        n = num_elements(self.cfg.op, self.cfg.p)
+        with_op = self.cfg.operator_token
+        return Layout(
+            vocab_size=n + 1 + with_op,
+            num_classes=n,
+            n_positions=3 + with_op,
+            n_predict=1,
+            # 'a ∘' (or 'a' alone) depends on a only: at most n distinct prefixes a batch
+            shared_prefix=1 + with_op,
+        )
+
+    @cached_property
+    def _splits(self) -> tuple[Split, Split]:
+        import torch
+
+        cfg = self.cfg
+        eq = equations(cfg.op, cfg.p)
+        mask = split_mask(cfg.op, cfg.p, cfg.frac, cfg.seed)
+        n = num_elements(cfg.op, cfg.p)
+        a, b = eq[:, 0], eq[:, 1]
+        columns = [a, torch.full_like(a, n), b] if cfg.operator_token else [a, b]
+        x = torch.stack([*columns, torch.full_like(a, n + cfg.operator_token)], dim=1)
+        y = eq[:, 2:3]
+        return Split(x[mask], y[mask]), Split(x[~mask], y[~mask])
+
+    @property
+    def training(self) -> Split:
+        return self._splits[0]
+
+    @property
+    def validation(self) -> Split:
+        return self._splits[1]
+
+    def measure_names(self) -> tuple[str, ...]:
+        from grok_tune.metrics import FOURIER_SPARSITY
+
+        return () if is_s5(self.cfg.op) else (FOURIER_SPARSITY,)
+
+    def measures(self, model: nn.Module) -> dict[str, float | None]:
+        from grok_tune import metrics as m
+
+        if is_s5(self.cfg.op):
+            return {}
+        embedding = model.tok_emb.weight[: self.layout.num_classes]
+        return {m.FOURIER_SPARSITY: m.fourier_sparsity(embedding)}
+
+
+# --- printing a table (python -m grok_tune.data) ---------------------------------------------
+def print_table(op: str, p: int, frac: float, seed: int) -> None:
+    """The operation table with held-out cells as '?'."""
+    out = sys.stdout
+    mask = split_mask(op, p, frac, seed)
+    n = num_elements(op, p)
+    cells = {(a, b): (c, m) for (a, b, c), m in zip(_table(op, p), mask.tolist(), strict=True)}
+    w = max(len(element_name(op, i)) for i in range(n))
+    out.write(f"{op} ({'S5' if is_s5(op) else f'mod {p}'}); ? = held out for validation\n")
+    out.write(" " * w + " | " + " ".join(element_name(op, j).rjust(w) for j in range(n)) + "\n")
+    out.write("-" * w + "-+-" + "-" * ((w + 1) * n - 1) + "\n")
+    for i in range(n):
+        row = []
+        for j in range(n):
+            c, train = cells.get((i, j), (None, False))
+            text = "" if c is None else element_name(op, c) if train else "?"
+            row.append(text.rjust(w))
+        out.write(element_name(op, i).rjust(w) + " | " + " ".join(row) + "\n")
+
+
+def csv_rows(op: str, p: int, frac: float, seed: int) -> Iterator[str]:
+    """Every equation as ``a,b,c,split`` (a header first)."""
+    mask = split_mask(op, p, frac, seed)
+    yield "a,b,c,split"
+    for (a, b, c), m in zip(_table(op, p), mask.tolist(), strict=True):
+        names = [element_name(op, v) for v in (a, b, c)]
+        yield ",".join([*names, "train" if m else "val"])
