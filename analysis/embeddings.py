@@ -37,8 +37,8 @@ from analysis.common import (
     save,
 )
 from grok_tune import metrics as m
-from grok_tune.tasks.tables import S5_ELEMENTS, Perm, compose, is_s5
 from grok_tune.layout import STATE_FILE, TRIAL_ID
+from grok_tune.tasks.tables import S5_ELEMENTS, Perm, compose, is_s5
 
 HEAD = "head.weight"  # grok_tune.model.Transformer's output layer: one row per answer class
 # (0 3)(1 4) and (1 2)(3 4) in one-line notation (i -> perm[i]), the paper's generators

@@ -29,7 +29,7 @@ from analysis.common import (
 )
 from grok_tune import metrics as m
 from grok_tune import search
-from grok_tune.tasks.tables import S5_ELEMENTS, compose
+from grok_tune.layout import CURVES_FILE, TRIAL_ID, TRIALS_FILE
 from grok_tune.regions import (
     REGION,
     Region,
@@ -37,8 +37,8 @@ from grok_tune.regions import (
     classify_trials,
     first_step_reaching,
 )
-from grok_tune.layout import CURVES_FILE, TRIAL_ID, TRIALS_FILE
 from grok_tune.results import CURVES_SCHEMA, TRIALS_SCHEMA
+from grok_tune.tasks.tables import S5_ELEMENTS, compose
 from grok_tune.train import TrainConfig
 
 from .conftest import TINY_PARAMS
