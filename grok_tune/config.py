@@ -23,6 +23,28 @@ DecayScope = Literal["all", "matrices", "matrices_except_embeddings"]
 Size = int | Literal["infinite"]
 
 
+GROKFAST_SETTINGS = ("grokfast_alpha", "grokfast_lamb", "grokfast_window")
+# the Grokfast settings each filter reads
+FILTER_READS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "ema": ("grokfast_alpha", "grokfast_lamb"),
+    "ma": ("grokfast_window", "grokfast_lamb"),
+}
+# Lee et al.'s λ: 2 for the EMA filter, 5 for the MA filter
+GROKFAST_LAMB = {"ema": 2.0, "ma": 5.0}
+# Prieto et al. computed StableMax in float64; cross-entropy is float32 unless asked
+LOSS_DTYPE = {"cross_entropy": "float32", "stablemax": "float64"}
+
+
+def _remedy_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if data.get("grad_filter") in GROKFAST_LAMB:
+        out["grokfast_lamb"] = GROKFAST_LAMB[data["grad_filter"]]
+    if data.get("loss", "cross_entropy") in LOSS_DTYPE:
+        out["loss_dtype"] = LOSS_DTYPE[data.get("loss", "cross_entropy")]
+    return out
+
+
 class TrainConfig(BaseModel):
     """Every knob of one run: the same names in study files, the CLI, Parquet and TensorBoard."""
 
@@ -53,11 +75,17 @@ class TrainConfig(BaseModel):
     val_size: int = Field(1000, ge=1, description="validation examples (fresh, fixed, seeded)")
     seed: int = Field(0, ge=0, description="data, initialisation, batches and dropout")
     # optimizer
+    optimizer: Literal["adamw", "adam"] = Field(
+        "adamw",
+        description="adamw: decoupled weight decay; adam: L2 decay added to the gradient "
+        "(torch.optim.Adam, as Grokfast's code runs)",
+    )
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1.0, ge=0)
     decay_scope: DecayScope = "all"
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.98, ge=0, lt=1)
+    adam_eps: float = Field(1e-8, gt=0, description="Adam's ε (Prieto et al. used 1e-25)")
     warmup_steps: int = Field(10, ge=0)
     batch_size: int | None = Field(
         None, gt=0, description="None: min(512, half the training set); infinite data: 512"
@@ -71,7 +99,36 @@ class TrainConfig(BaseModel):
     d_mlp: int = Field(512, ge=0, description="0: attention-only blocks (no MLP)")
     dropout: float = Field(0.0, ge=0, lt=1)
     layer_norm: bool = True
-    init_scale: float = Field(1.0, gt=0)
+    activation: Literal["relu", "gelu"] = Field("relu", description="the MLP's nonlinearity")
+    attn_bias: bool = Field(True, description="biases in the attention's projections")
+    head_bias: bool = Field(True, description="a bias in the output layer")
+    init: Literal["pytorch", "width_scaled"] = Field(
+        "pytorch",
+        description="pytorch: PyTorch's defaults (embeddings N(0, 1)); width_scaled: every "
+        "matrix N(0, 1/d_model), the output layer N(0, 1/classes), biases 0 (Nanda et al.)",
+    )
+    init_scale: float = Field(1.0, gt=0, description="multiplies every initial weight (Omnigrok)")
+    # remedies (grok_tune/remedies.py): all off by default
+    grad_filter: Literal["none", "ema", "ma"] = Field(
+        "none", description="Grokfast: amplify the gradients' slow part (Lee et al. 2024)"
+    )
+    grokfast_alpha: float = Field(0.98, ge=0, lt=1, description="EMA filter's momentum α")
+    grokfast_lamb: float | None = Field(
+        None, ge=0, description="amplification λ; unset: the filter's default (EMA 2, MA 5)"
+    )
+    grokfast_window: int = Field(100, ge=1, description="MA filter's window w")
+    loss: Literal["cross_entropy", "stablemax"] = Field(
+        "cross_entropy", description="StableMax: Prieto et al. 2025"
+    )
+    loss_dtype: Literal["float32", "float64"] | None = Field(
+        None, description="where the loss is computed; unset: cross_entropy 32, stablemax 64"
+    )
+    orthogonal_grad: bool = Field(
+        False, description="⊥Grad: drop each gradient's component along its weights"
+    )
+    fixed_weight_norm: bool = Field(
+        False, description="hold the total weight norm at its initial value (Omnigrok)"
+    )
     # stopping: neither ever stops a run for low validation accuracy alone
     stop_after_generalized: int | None = Field(
         3, ge=1, description="stop once validation stayed >= threshold this many evaluations"
@@ -90,7 +147,8 @@ class TrainConfig(BaseModel):
         name = data.get("task", "table")
         if name not in TASK_NAMES:
             return data  # the field's own check names it
-        filled = {k: v for k, v in task_class(name).defaults().items() if data.get(k) is None}
+        defaults = {**task_class(name).defaults(), **_remedy_defaults(data)}
+        filled = {k: v for k, v in defaults.items() if data.get(k) is None}
         return {**data, **filled}
 
     @model_validator(mode="after")
@@ -117,10 +175,12 @@ class TrainConfig(BaseModel):
         return self
 
     def used(self) -> dict[str, Any]:
-        """The settings this run's task reads, and the general ones; other tasks' are None."""
+        """The settings this run reads: another task's, and a filter's when it is off, are
+        None (blank in Parquet, absent from TensorBoard's hparams)."""
         own = set(task_settings()[self.task])
-        foreign = {n for names in task_settings().values() for n in names} - own
-        return {k: (None if k in foreign else v) for k, v in self.model_dump().items()}
+        unused = {n for names in task_settings().values() for n in names} - own
+        unused |= set(GROKFAST_SETTINGS) - set(FILTER_READS[self.grad_filter])
+        return {k: (None if k in unused else v) for k, v in self.model_dump().items()}
 
     @property
     def infinite_data(self) -> bool:

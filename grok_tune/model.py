@@ -44,6 +44,10 @@ class ModelConfig:
     d_mlp: int = _default("d_mlp")  # 0: attention-only blocks
     dropout: float = _default("dropout")
     layer_norm: bool = _default("layer_norm")
+    activation: str = _default("activation")  # relu | gelu
+    attn_bias: bool = _default("attn_bias")
+    head_bias: bool = _default("head_bias")
+    init: str = _default("init")  # pytorch | width_scaled (Nanda et al.'s)
     init_scale: float = _default("init_scale")  # Omnigrok's α: multiplies every initial weight
 
 
@@ -54,8 +58,8 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.n_heads = cfg.n_heads
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.attn_bias)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.attn_bias)
         self.dropout = cfg.dropout
 
     def forward(
@@ -67,11 +71,12 @@ class Attention(nn.Module):
         B, T, C = x.shape
         n_q = T if n_out is None else n_out
         w, b = self.qkv.weight, self.qkv.bias
+        b_q, b_kv = (None, None) if b is None else (b[:C], b[C:])
         heads = lambda t: t.view(B, t.shape[1], self.n_heads, C // self.n_heads).transpose(1, 2)  # noqa: E731
         # Keys and values come from every position, but only the predicted positions need a
         # query in the last layer: its attention rows, projection and MLP run on those alone.
-        q = heads(F.linear(x[:, T - n_q :], w[:C], b[:C]))
-        k, v = (heads(t) for t in F.linear(x, w[C:], b[C:]).split(C, dim=2))
+        q = heads(F.linear(x[:, T - n_q :], w[:C], b_q))
+        k, v = (heads(t) for t in F.linear(x, w[C:], b_kv).split(C, dim=2))
         keys, values, n_before = k, v, 0
         if prefix is not None:
             keys, values = torch.cat((prefix[0], k), dim=2), torch.cat((prefix[1], v), dim=2)
@@ -103,8 +108,9 @@ class Block(nn.Module):
         self.mlp = None
         if cfg.d_mlp:  # attention-only blocks (Nanda's induction model) have neither
             self.ln2 = norm()
+            act = nn.GELU() if cfg.activation == "gelu" else nn.ReLU()
             self.mlp = nn.Sequential(
-                nn.Linear(cfg.d_model, cfg.d_mlp), nn.ReLU(), nn.Linear(cfg.d_mlp, cfg.d_model)
+                nn.Linear(cfg.d_model, cfg.d_mlp), act, nn.Linear(cfg.d_mlp, cfg.d_model)
             )
         self.drop = nn.Dropout(cfg.dropout)
 
@@ -128,11 +134,25 @@ class Transformer(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model) if cfg.layer_norm else nn.Identity()
-        self.head = nn.Linear(cfg.d_model, cfg.num_classes)
+        self.head = nn.Linear(cfg.d_model, cfg.num_classes, bias=cfg.head_bias)
+        if cfg.init == "width_scaled":
+            self._init_width_scaled()
         if cfg.init_scale != 1.0:
             with torch.no_grad():
                 for p in self.parameters():
                     p.mul_(cfg.init_scale)
+
+    @torch.no_grad()
+    def _init_width_scaled(self) -> None:
+        """Nanda et al.'s initialisation: every matrix and embedding N(0, 1/d_model), the
+        output layer N(0, 1/classes), biases 0. PyTorch's default gives the embeddings N(0, 1):
+        a weight norm several times larger, which delays grokking by thousands of steps."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear | nn.Embedding):  # LayerNorms keep gain 1, bias 0
+                std = self.cfg.num_classes if module is self.head else self.cfg.d_model
+                module.weight.normal_(0.0, std**-0.5)
+                if getattr(module, "bias", None) is not None:
+                    module.bias.zero_()
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Token ids (B, T) -> logits at the last n_predict positions (B, n_predict, classes)."""

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 
 from grok_tune import metrics as m
+from grok_tune import remedies
 from grok_tune.cli import Parser
 from grok_tune.config import TrainConfig
 from grok_tune.events import RunEvents, StoppingRule, phase_outcome, run_phase_changes
@@ -91,8 +92,11 @@ class Trainer:
         self.params = list(self.model.parameters())
         groups = self.model.param_groups(cfg.weight_decay, cfg.decay_scope)
         self.decayed_params = sum(p.numel() for p in groups[0]["params"])
-        self.optimizer = torch.optim.AdamW(
-            groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True
+        # adam: weight decay as an L2 term in the gradient (torch.optim.Adam), where AdamW
+        # shrinks the weights apart from Adam's normalisation
+        optimizer = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+        self.optimizer = optimizer(
+            groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, fused=True
         )
         self.batch_rng = torch.Generator().manual_seed(cfg.seed)
         self.stream_counter = 0  # infinite data: the stream's whole state
@@ -106,6 +110,26 @@ class Trainer:
         self.loss_fn: LossFn = cross_entropy
         self.grad_hooks: list[ParamsHook] = []
         self.step_hooks: list[ParamsHook] = []
+        self._install_remedies()
+
+    def _install_remedies(self) -> None:
+        """The remedies the settings ask for, at the loop's seams (grok_tune/remedies.py)."""
+        cfg = self.cfg
+        if (cfg.loss, cfg.loss_dtype) != ("cross_entropy", "float32"):
+            loss = remedies.loss_function(cfg.loss, cfg.loss_dtype, ignore_index=IGNORE)
+            self.loss_fn = lambda logits, y: loss(logits.flatten(0, 1), y.flatten())
+        # a filter first, then ⊥Grad on what the optimizer will see (Prieto et al. wrap the
+        # whole optimizer step)
+        if cfg.grad_filter == "ema":
+            self.grad_hooks.append(remedies.GrokfastEMA(cfg.grokfast_alpha, cfg.grokfast_lamb))
+        elif cfg.grad_filter == "ma":
+            self.grad_hooks.append(remedies.GrokfastMA(cfg.grokfast_window, cfg.grokfast_lamb))
+        if cfg.orthogonal_grad:
+            self.grad_hooks.append(remedies.orthogonalize_grads_)
+        if cfg.fixed_weight_norm:
+            # Omnigrok holds the norm where initialisation put it (init_scale sets that)
+            target = remedies.total_norm(self.params)
+            self.step_hooks.append(lambda ps: remedies.fix_weight_norm_(ps, target))
 
     @property
     def status(self) -> str:

@@ -215,7 +215,7 @@ TRAIN_CASES: list[tuple[str, list[str], list[str]]] = [
     ("--checkpoint-every x", ["--checkpoint-every", "x"], ["'x' is not a whole number"]),
     ("--device tpu", ["--device", "tpu"], ["--device tpu"]),
     ("--frac", ["--frac", "1.5"], ["--frac: Input should be less than 1"]),
-    ("--op", ["--op", "x*y"], ["--op: Input should be"]),
+    ("--op", ["--op", "x**y"], ["--op: Input should be"]),
     ("--lr inf", ["--lr", "inf"], ["--lr: Input should be a finite number"]),
     ("--steps", ["--steps", "ten"], ["--steps: Input should be a valid integer"]),
     ("no data", ["--op", "x+y", "--p", "3", "--frac", "0.01"], ["frac = 0.01 of 9 equations"]),

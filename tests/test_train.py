@@ -127,7 +127,7 @@ def test_checkpoint_of_another_config_is_refused(tmp_path):
     [
         ("frac", 1.5, "less than 1"),
         ("lr", 0, "greater than 0"),
-        ("op", "x*y", "Input should be 'x+y'"),
+        ("op", "x**y", "Input should be 'x+y'"),
         ("p", 8, "p = 8 is not prime"),
         ("n_heads", 3, "not divisible by n_heads"),
         ("dropout", -0.1, "greater than or equal to 0"),
@@ -157,7 +157,7 @@ def test_cli_writes_curve_and_outcome(tmp_path, capsys):
     ("args", "message"),
     [
         (["--frac", "1.5"], "--frac: Input should be less than 1"),
-        (["--op", "x*y"], "--op: Input should be"),
+        (["--op", "x**y"], "--op: Input should be"),
         (["--op", "x/y", "--p", "8"], "p = 8 is not prime"),
         (["--steps", "ten"], "--steps: Input should be a valid integer"),
     ],

@@ -36,6 +36,9 @@ P_MAX = 1000
 _ZP_OPS: dict[str, tuple[Callable[[int, int, int], int | None], bool]] = {
     "x+y": (lambda x, y, p: (x + y) % p, False),
     "x-y": (lambda x, y, p: (x - y) % p, False),
+    # not one of Power et al.'s: the operation Grokfast's code trains (its docstring says x/y),
+    # over y != 0 as there
+    "x*y": (lambda x, y, p: x * y % p if y else None, False),
     "x/y": (lambda x, y, p: x * pow(y, -1, p) % p if y else None, True),
     "x/y_if_y_odd_else_x-y": (
         lambda x, y, p: x * pow(y, -1, p) % p if y % 2 else (x - y) % p,
@@ -47,6 +50,9 @@ _ZP_OPS: dict[str, tuple[Callable[[int, int, int], int | None], bool]] = {
     "x^3+xy": (lambda x, y, p: (x**3 + x * y) % p, False),
     "x^3+xy^2+y": (lambda x, y, p: (x**3 + x * y * y + y) % p, False),
 }
+
+# operations whose table leaves out y = 0
+_NO_ZERO_Y = ("x/y", "x*y")
 
 Perm = tuple[int, ...]
 
@@ -104,7 +110,7 @@ def table_size(op: str, p: int) -> int:
     """Number of equations, without building the table (division skips y = 0)."""
     if is_s5(op):
         return len(S5_ELEMENTS) ** 2
-    return p * (p - 1) if op == "x/y" else p * p
+    return p * (p - 1) if op in _NO_ZERO_Y else p * p
 
 
 def check_split(op: str, p: int, frac: float) -> None:
