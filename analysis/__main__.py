@@ -1,7 +1,9 @@
 """``python -m analysis STUDY_DIR``: every analysis that applies to the study, in one go.
 
-The summary, the region map and the accuracy curves always; the fraction curve when the study
-varies the training fraction; the output-layer t-SNE (``--mod auto``) when a trial has a
+The summary, the region map and the accuracy curves always; the loss curves with their phase
+changes and the train/validation phase-change gap when phase changes were found; the remedy
+comparison when the study varies a remedy; the fraction curve when the study varies the
+training fraction; the output-layer t-SNE (``--mod auto``) when a trial has a
 checkpoint; Optuna's importances for an Optuna study. Prints where everything went.
 """
 
@@ -11,7 +13,16 @@ import argparse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from analysis import curves, embeddings, fraction_curve, importance, phase_map, summary
+from analysis import (
+    curves,
+    embeddings,
+    fraction_curve,
+    importance,
+    phase_map,
+    phases,
+    remedies,
+    summary,
+)
 from analysis.common import FRAC, AnalysisError, Study, base_parser, run_command
 from grok_tune.layout import CURVES_FILE, TRIALS_FILE
 
@@ -30,6 +41,12 @@ def run_all(study: Study, out: Path | None = None) -> list[Path]:
     paths = [summary.write_summary(study, out)]
     paths.append(phase_map.plot_phase_map(study, out=out).path)
     paths.append(curves.plot_curves(study, out=out).path)
+    if phases.has_phases(study):
+        paths.append(phases.plot_phase_curves(study, out=out).path)
+        paths.append(phases.plot_phase_gap(study, out=out).path)
+    if remedies.varies_remedies(study):
+        print(remedies.format_remedy_table(remedies.remedy_table(study)))
+        paths.append(remedies.plot_remedies(study, out=out).path)
     if study.trials[FRAC].nunique() > 1:
         print(fraction_curve.format_table(fraction_curve.fraction_table(study)))
         paths.append(fraction_curve.plot_fraction_curve(study, out=out).path)

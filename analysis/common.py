@@ -29,6 +29,7 @@ from grok_tune.layout import (
     CURVES_FILE,
     FIGURES_DIR,
     OPTUNA_FILE,
+    PHASES_FILE,
     STUDY_FILE,
     TRIAL_ID,
     TRIALS_FILE,
@@ -42,7 +43,7 @@ from grok_tune.regions import (
     RegionRule,
     classify_trials,
 )
-from grok_tune.results import CONFIG_SCHEMA, read_curves, read_trials
+from grok_tune.results import CONFIG_SCHEMA, read_curves, read_phases, read_trials
 from grok_tune.space import (
     Choice,
     Grid,
@@ -114,6 +115,13 @@ class Study:
                 f"{self.path}: no {CURVES_FILE}: run python -m grok_tune.search first"
             )
         return _read_table(self.path, CURVES_FILE, read_curves)
+
+    @cached_property
+    def phases(self) -> pd.DataFrame:
+        """Every phase change of every trial (phases.parquet); empty for a study without."""
+        if not (self.path / PHASES_FILE).is_file():
+            return pd.DataFrame(columns=[TRIAL_ID, "curve", "step", "size"])
+        return _read_table(self.path, PHASES_FILE, read_phases)
 
     @property
     def finished(self) -> pd.DataFrame:
@@ -318,6 +326,8 @@ def text_color(background: str) -> str:
 def fmt(value: Any) -> str:
     """A setting's value as labels show it."""
     if isinstance(value, float):
+        if value == float("inf"):
+            return "infinite"  # train_size: a fresh batch every step
         return f"{value:.4g}"  # sampled values: 0.7818, not 0.781831
     return str(value)
 

@@ -46,6 +46,11 @@ def region_counts(study: Study) -> str:
 
 
 def _task(row: pd.Series) -> str:
+    task = row.get("task", "table")
+    if task == "addition":
+        return f"{row['digits']}-digit addition, train_size {fmt(row['train_size'])}"
+    if task == "repeated_subsequence":
+        return f"repeated subsequence, train_size {fmt(row['train_size'])}"
     return str(row[OP]) if is_s5(str(row[OP])) else f"{row[OP]} mod {row[MODULUS]}"
 
 
@@ -101,16 +106,23 @@ def fraction_boundary(study: Study) -> str:
 
 
 def summarize(study: Study) -> str:
+    from analysis import phases, remedies  # their figures' own tables
+
     mode = study.spec.mode if study.spec else "unknown mode"
-    return "\n".join(
-        [
-            f"study {study.name} ({mode}, {len(study.trials)} trials): {study.path}",
-            f"region rule: {study.rule.describe()}",
-            f"regions: {region_counts(study)}",
-            fastest_grok(study),
-            fraction_boundary(study),
-        ]
-    )
+    parts = [
+        f"study {study.name} ({mode}, {len(study.trials)} trials): {study.path}",
+        f"region rule: {study.rule.describe()}",
+        f"regions: {region_counts(study)}",
+        fastest_grok(study),
+        fraction_boundary(study),
+    ]
+    if phases.has_phases(study):
+        parts.append(phases.phase_table(study))
+    if remedies.varies_remedies(study) and not study.finished.empty:
+        table = remedies.format_remedy_table(remedies.remedy_table(study))
+        parts.append("remedies (median steps; censored: more than half never got there):")
+        parts.append("  " + table.replace("\n", "\n  "))
+    return "\n".join(parts)
 
 
 def write_summary(study: Study, out: Path | None = None) -> Path:

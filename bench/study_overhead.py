@@ -25,6 +25,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# named here: a study's folder is otherwise the file's `name:`, not necessarily its file name
+STUDY_NAME = "overhead"
 
 
 def _plain_trial(config: dict) -> int:
@@ -61,13 +63,14 @@ def main() -> None:
         t0 = time.perf_counter()
         subprocess.run(
             [sys.executable, "-m", "grok_tune.search", "--space", str(args.space),
-             "--storage", storage, "--max-concurrent", str(args.concurrency)],
+             "--name", STUDY_NAME, "--storage", storage,
+             "--max-concurrent", str(args.concurrency)],
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
         )  # fmt: skip
         ray_wall = time.perf_counter() - t0
         from grok_tune.results import read_trials
 
-        trials = read_trials(str(Path(storage) / args.space.stem))
+        trials = read_trials(str(Path(storage) / STUDY_NAME))
         ray_steps = int(trials["step"].sum())
         trial_seconds = float(trials["wall_time_s"].sum())
 

@@ -47,6 +47,7 @@ are compared with fp32 matmuls measured in the same run on the same threads.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -64,9 +65,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from grok_tune import metrics as m
-from grok_tune.data import Dataset
-from grok_tune.model import PREFIX, ModelConfig, Transformer
-from grok_tune.train import Record, TrainConfig, Trainer
+from grok_tune.config import TrainConfig
+from grok_tune.model import ModelConfig, Transformer
+from grok_tune.tasks import Split
+from grok_tune.train import Record, Trainer
 
 EVAL_EVERY = 100
 WINDOW = 10  # training steps per timing window
@@ -119,19 +121,26 @@ class PlainTransformer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.pos_emb = nn.Embedding(cfg.seq_len, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.n_positions, cfg.d_model)
         self.blocks = nn.ModuleList(
             PlainBlock(cfg.d_model, cfg.n_heads, cfg.d_mlp) for _ in range(cfg.n_layers)
         )
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.num_classes)
+        self.n_predict = cfg.n_predict
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         pos = torch.arange(idx.shape[1], device=idx.device)
         x = self.tok_emb(idx) + self.pos_emb(pos)
         for block in self.blocks:
             x = block(x)
-        return self.head(self.ln_f(x))[:, -1]  # every position computed, the last one used
+        # every position computed, the predicted ones used: (B, n_predict, classes)
+        return self.head(self.ln_f(x))[:, -self.n_predict :]
+
+
+def plain_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the predicted positions: (B, P, classes) against (B, P)."""
+    return F.cross_entropy(logits.flatten(0, 1), y.flatten())
 
 
 def plain_optimizer(model: nn.Module, fused: bool = False) -> torch.optim.AdamW:
@@ -148,7 +157,7 @@ class NoShortcutTransformer(Transformer):
         x = self.drop(self.tok_emb(idx) + self.pos_emb.weight[: idx.shape[1]])
         for block in self.blocks:
             x, _ = block(x)
-        return self.head(self.ln_f(x[:, -1]))
+        return self.head(self.ln_f(x[:, x.shape[1] - self.cfg.n_predict :]))
 
 
 # --- FLOP counting -----------------------------------------------------------------------
@@ -161,31 +170,35 @@ def layer_flops(cfg: ModelConfig, queries: int, new_keys: int, context: int) -> 
     return qkv + 2 * (2 * queries * context * C) + 2 * queries * C * C + 2 * (2 * queries * C * M)
 
 
-def forward_flops_per_sample(cfg: ModelConfig, config: str, batch: int) -> float:
+def forward_flops_per_sample(cfg: ModelConfig, config: str, batch: int, prefix: int) -> float:
     """Matmul FLOPs of one sample's forward pass under ``config``'s shortcuts.
 
-    Last-only: the last block's queries, output projection and MLP on the '=' position alone.
-    Shared prefix: 'a ∘' through every block once per distinct prefix in the batch (counted as
-    min(p, batch), an upper bound), the rows' own blocks on positions 2.. only.
+    Last-only: the last block's queries, output projection and MLP on the predicted positions
+    alone (the '=' of a table). Shared prefix (``prefix`` leading positions, the task layout's:
+    'a ∘' of a table): the prefix through every block once per distinct prefix in the batch
+    (counted as min(p, batch), an upper bound), the rows' own blocks on the positions after it.
     """
-    T, L = cfg.seq_len, cfg.n_layers
+    T, L, P = cfg.n_positions, cfg.n_layers, cfg.n_predict
     full = layer_flops(cfg, T, T, T)
+    # the model's own rule: prefixes are shared from 2 layers on, without dropout, and only
+    # where the prefix ends before the predicted positions
+    shares = prefix > 0 and L > 1 and cfg.dropout == 0 and prefix <= T - P
     if config in ("plain", "plain_fused", "grok_full"):
         body: float = L * full
-    elif config == "grok_unshared" or L == 1:  # the model shares prefixes from 2 layers on
-        body = (L - 1) * full + layer_flops(cfg, 1, T, T)
+    elif config == "grok_unshared" or not shares:
+        body = (L - 1) * full + layer_flops(cfg, P, T, T)
     else:  # grok, grok_adamw
-        rows = (L - 1) * layer_flops(cfg, T - PREFIX, T - PREFIX, T)
-        rows += layer_flops(cfg, 1, T - PREFIX, T)
+        rows = (L - 1) * layer_flops(cfg, T - prefix, T - prefix, T)
+        rows += layer_flops(cfg, P, T - prefix, T)
         prefixes = min(cfg.num_classes, batch)
-        body = rows + prefixes / batch * L * layer_flops(cfg, PREFIX, PREFIX, PREFIX)
-    head_positions = T if config.startswith("plain") else 1
+        body = rows + prefixes / batch * L * layer_flops(cfg, prefix, prefix, prefix)
+    head_positions = T if config.startswith("plain") else P
     return body + 2 * head_positions * cfg.d_model * cfg.num_classes
 
 
-def step_flops(cfg: ModelConfig, batch: int, config: str) -> float:
+def step_flops(cfg: ModelConfig, batch: int, config: str, prefix: int) -> float:
     """Forward + backward (2x forward) matmul FLOPs of one training step of ``config``."""
-    return 3 * forward_flops_per_sample(cfg, config, batch) * batch
+    return 3 * forward_flops_per_sample(cfg, config, batch, prefix) * batch
 
 
 # --- clocks that know when other processes shared the CPU ----------------------------------
@@ -364,21 +377,24 @@ def time_trainer(
     if config == "grok_full":
         model = NoShortcutTransformer(trainer.model.cfg).to(device)
         model.load_state_dict(trainer.model.state_dict())
-        trainer.model = model
+        trainer.model, trainer.params = model, list(model.parameters())
     if config == "grok_unshared":
-        trainer.model.cfg.shared_prefix = False
+        trainer.model.cfg.shared_prefix = 0
     if config in ("grok_adamw", "grok_full"):
         trainer.optimizer = torch.optim.AdamW(
             trainer.model.param_groups(cfg.weight_decay, cfg.decay_scope),
             lr=cfg.lr,
             betas=(cfg.beta1, cfg.beta2),
+            eps=cfg.adam_eps,
             fused=True if config == "grok_full" else None,
         )
     trainer.run()  # warm-up: evaluation at step 0, `warmup` steps, evaluation at the budget
 
-    # extend the budget and let the same Trainer go on, watched by the clock
+    # extend the budget and let the same Trainer go on, watched by the clock: the loop reads
+    # the budget from cfg, the stopping rule from events, which ended the run at `warmup`
     trainer.cfg = cfg.model_copy(update={"steps": warmup + steps})
-    trainer.status = m.Status.RUNNING
+    trainer.events.rule = dataclasses.replace(trainer.events.rule, steps=warmup + steps)
+    trainer.events.status = m.Status.RUNNING
     clock = StepClock(device)
     evaluate = trainer._evaluate
 
@@ -402,21 +418,22 @@ def time_trainer(
 
 
 @torch.no_grad()
-def plain_evaluate(model: nn.Module, data: Dataset) -> list[float]:
+def plain_evaluate(model: nn.Module, train: Split, val: Split) -> list[float]:
     """Accuracy and loss on the full train and validation splits, the obvious way."""
     model.eval()
     out: list[float] = []
-    for x, y in ((data.train_x, data.train_y), (data.val_x, data.val_y)):
-        logits = model(x)
-        out.append((logits.argmax(dim=1) == y).float().mean().item())
-        out.append(F.cross_entropy(logits, y).item())
+    for split in (train, val):
+        logits = model(split.x)
+        out.append((logits.argmax(dim=-1) == split.y).float().mean().item())
+        out.append(plain_loss(logits, split.y).item())
     model.train()
     return out
 
 
 def time_plain(
     config: str,
-    data: Dataset,
+    train: Split,
+    val: Split,
     model_cfg: ModelConfig,
     device: torch.device,
     warmup: int,
@@ -429,20 +446,20 @@ def time_plain(
     torch.manual_seed(0)
     model = PlainTransformer(model_cfg).to(device)
     opt = plain_optimizer(model, fused=config == "plain_fused")
-    n_train, batch = len(data.train_y), 512
+    n_train, batch = len(train), 512
     model.train()
     clock = StepClock(device)
 
     def train_step() -> None:
         idx = torch.randint(n_train, (batch,), device=device)
-        loss = F.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
+        loss = plain_loss(model(train.x[idx]), train.y[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
 
     for _ in range(warmup):
         train_step()
-    plain_evaluate(model, data)
+    plain_evaluate(model, train, val)
     step, total = warmup, warmup + steps
     sync(device)
     t0 = time.perf_counter()
@@ -452,7 +469,7 @@ def time_plain(
             clock.step()
             train_step()
             step += 1
-        clock.evaluation(lambda: plain_evaluate(model, data))
+        clock.evaluation(lambda: plain_evaluate(model, train, val))
     sync(device)
     wall = time.perf_counter() - t0
     return Timing(config, threads, rnd, steps, wall, clock.windows, clock.evals)
@@ -491,7 +508,7 @@ PHASES = ("sample", "forward", "backward", "optimizer")
 def phase_breakdown(
     model: nn.Module,
     opt: torch.optim.Optimizer,
-    data: Dataset,
+    train: Split,
     device: torch.device,
     sample: Callable[[], torch.Tensor],
     iters: int = 30,
@@ -503,10 +520,10 @@ def phase_breakdown(
     for i in range(iters + 5):
         stamps = [time.perf_counter()]
         idx = sample()
-        xb, yb = data.train_x[idx], data.train_y[idx]
+        xb, yb = train.x[idx], train.y[idx]
         sync(device)
         stamps.append(time.perf_counter())
-        loss = F.cross_entropy(model(xb), yb)
+        loss = plain_loss(model(xb), yb)
         sync(device)
         stamps.append(time.perf_counter())
         opt.zero_grad(set_to_none=True)
@@ -524,31 +541,35 @@ def phase_breakdown(
 
 @torch.inference_mode()
 def chunked_accuracy_and_loss(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 512
+    model: nn.Module, split: Split, chunk: int = m.EVAL_CHUNK
 ) -> tuple[float, float]:
-    """grok_tune's ``metrics.accuracy_and_loss`` with the forward pass in chunks of rows."""
+    """Accuracy and loss alone, with the forward pass in chunks of rows as ``metrics.evaluate``
+    runs it: what that costs without its per-position and Softmax Collapse bookkeeping."""
     was_training = model.training
     model.eval()
-    logits = torch.cat([model(xc) for xc in x.split(chunk)])
+    logits = torch.cat([model(xc) for xc in split.x.split(chunk)])
     model.train(was_training)
-    return float((logits.argmax(1) == y).float().mean()), float(F.cross_entropy(logits, y))
+    acc = (logits.argmax(dim=-1) == split.y).float().mean()
+    return float(acc), float(plain_loss(logits, split.y))
 
 
 def eval_breakdown(
-    trainer: Trainer, plain: nn.Module, data: Dataset, device: torch.device, reps: int = 3
+    trainer: Trainer, plain: nn.Module, device: torch.device, reps: int = 3
 ) -> dict[str, float]:
     """Best-of-``reps`` milliseconds of one evaluation: Trainer's whole ``_evaluate``, its two
-    ``accuracy_and_loss`` calls alone, the same in chunks of 512 rows, and the plain one."""
-    splits = ((data.train_x, data.train_y), (data.val_x, data.val_y))
-
-    def both_splits(fn: Callable[..., Any], model: nn.Module) -> Callable[[], list[Any]]:
-        return lambda: [fn(model, x, y) for x, y in splits]
-
+    ``metrics.evaluate`` calls alone, accuracy and loss alone in chunks of 512 rows, and the
+    plain one."""
+    train, val, layout, model = trainer.train_data, trainer.val_data, trainer.layout, trainer.model
     cases: dict[str, Callable[[], Any]] = {
         "trainer._evaluate": lambda: trainer._evaluate(0.0),
-        "accuracy_and_loss x2": both_splits(m.accuracy_and_loss, trainer.model),
-        "same in 512-row chunks": both_splits(chunked_accuracy_and_loss, trainer.model),
-        "plain eval": lambda: plain_evaluate(plain, data),
+        "evaluate x2": lambda: [
+            m.evaluate(model, train, layout, "train", collapse=True),
+            m.evaluate(model, val, layout, "val"),
+        ],
+        "acc+loss alone, 512-row chunks": lambda: [
+            chunked_accuracy_and_loss(model, s) for s in (train, val)
+        ],
+        "plain eval": lambda: plain_evaluate(plain, train, val),
     }
     out = {}
     for name, fn in cases.items():
@@ -565,13 +586,14 @@ def eval_breakdown(
 
 
 def measure_breakdown(
-    data: Dataset, model_cfg: ModelConfig, batch: int, device: torch.device
+    model_cfg: ModelConfig, batch: int, device: torch.device
 ) -> dict[str, dict[str, float]]:
     """Per-phase milliseconds of a grok_tune step (Trainer's model and fused AdamW, randperm
     batches) and of a plain step, and of the evaluations."""
     trainer = Trainer(train_config(1), device)
+    train = trainer.train_data
     gen = torch.Generator().manual_seed(0)
-    n_train = len(data.train_y)
+    n_train = len(train)
     torch.manual_seed(0)
     plain_model = PlainTransformer(model_cfg).to(device)
     plain_opt = plain_optimizer(plain_model)
@@ -583,9 +605,9 @@ def measure_breakdown(
         return torch.randint(n_train, (batch,), device=device)
 
     return {
-        "grok": phase_breakdown(trainer.model, trainer.optimizer, data, device, grok_sample),
-        "plain": phase_breakdown(plain_model, plain_opt, data, device, plain_sample),
-        "eval": eval_breakdown(trainer, plain_model, data, device),
+        "grok": phase_breakdown(trainer.model, trainer.optimizer, train, device, grok_sample),
+        "plain": phase_breakdown(plain_model, plain_opt, train, device, plain_sample),
+        "eval": eval_breakdown(trainer, plain_model, device),
     }
 
 
@@ -624,7 +646,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # the model both sides train, and checks that they compute the same function
     probe = Trainer(train_config(1), device)
-    data, model_cfg, batch = probe.data, probe.model.cfg, probe.batch_size
+    train, val = probe.train_data, probe.val_data
+    model_cfg, batch, prefix = probe.model.cfg, probe.batch_size, probe.layout.shared_prefix
     plain = PlainTransformer(model_cfg).to(device)
     plain.load_state_dict(probe.model.state_dict())
     full = NoShortcutTransformer(model_cfg).to(device)
@@ -632,16 +655,16 @@ def main(argv: list[str] | None = None) -> int:
     n_grok, n_plain = probe.model.num_params(), sum(p.numel() for p in plain.parameters())
     assert n_grok == n_plain, (n_grok, n_plain)
     with torch.no_grad():
-        ref = probe.model.eval()(data.val_x[:256])
-        diff_plain = float((plain.eval()(data.val_x[:256]) - ref).abs().max())
-        diff_full = float((full.eval()(data.val_x[:256]) - ref).abs().max())
+        ref = probe.model.eval()(val.x[:256])
+        diff_plain = float((plain.eval()(val.x[:256]) - ref).abs().max())
+        diff_full = float((full.eval()(val.x[:256]) - ref).abs().max())
     assert diff_plain < 1e-4 and diff_full < 1e-4, (diff_plain, diff_full)
-    flops = {c: step_flops(model_cfg, batch, c) for c in CONFIGS}
+    flops = {c: step_flops(model_cfg, batch, c, prefix) for c in CONFIGS}
     print(
         f"device {device}, torch {torch.__version__}, {os.cpu_count()} CPUs, threads {threads}; "
         f"{n_grok:,} parameters on both sides; same logits on shared weights "
         f"(max |diff| plain {diff_plain:.1e}, shortcut off {diff_full:.1e}); batch {batch}, "
-        f"train {len(data.train_y)}, val {len(data.val_y)}; {args.rounds} rounds x "
+        f"train {len(train)}, val {len(val)}, shared prefix {prefix}; {args.rounds} rounds x "
         f"({args.warmup} warm-up + {args.steps} timed steps)",
         flush=True,
     )
@@ -661,7 +684,7 @@ def main(argv: list[str] | None = None) -> int:
                     t = time_trainer(config, device, args.warmup, args.steps, th, rnd)
                 else:
                     t = time_plain(
-                        config, data, model_cfg, device, args.warmup, args.steps, th, rnd
+                        config, train, val, model_cfg, device, args.warmup, args.steps, th, rnd
                     )
                 busy = (
                     ""
@@ -689,7 +712,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(th)
         wait_for_quiet()
         before = counters()
-        breakdown[th] = measure_breakdown(data, model_cfg, batch, device)
+        breakdown[th] = measure_breakdown(model_cfg, batch, device)
         breakdown_others[th] = others_between(before, counters())
 
     # --- summary ------------------------------------------------------------------------

@@ -19,11 +19,23 @@ from grok_tune.tasks.tables import OPERATIONS, P_MAX
 #   matrices                    2-D weights incl. embeddings, not biases or norm gains (nanoGPT)
 #   matrices_except_embeddings  2-D weights of the blocks and the head only
 DecayScope = Literal["all", "matrices", "matrices_except_embeddings"]
+# the key of a study's trial config holding its variant's settings (a study file's `variants`)
+VARIANT = "variant"
+
+
+def flat_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """A Tune trial config as settings: its variant's settings merged in."""
+    variant = config.get(VARIANT) or {}
+    return {**{k: v for k, v in config.items() if k != VARIANT}, **variant}
+
+
 # a number of training examples, or a fresh batch every step
 Size = int | Literal["infinite"]
 
 
 GROKFAST_SETTINGS = ("grokfast_alpha", "grokfast_lamb", "grokfast_window")
+# the settings that switch a remedy on (grok_tune/remedies.py), in the order they are named
+REMEDY_SETTINGS = ("grad_filter", "loss", "loss_dtype", "orthogonal_grad", "fixed_weight_norm")
 # the Grokfast settings each filter reads
 FILTER_READS: dict[str, tuple[str, ...]] = {
     "none": (),

@@ -38,9 +38,10 @@ rule)`` finds them in one curve; the settings are the fields of ``PhaseRule`` (d
      steady decline, exponential or power-law, never is. The first evaluation has no history
      and counts as a plateau: the model starts at chance, so training loss's initial drop
      counts;
-   - *complete*: over a span as long as the window after ``e``, the log-loss falls by less than
-     ``max_fall_after`` (0.25) of the drop. This is what makes it sudden: a slow decline that
-     merely begins after a plateau does not stop inside its window.
+   - *complete*: over a span as long as the window after ``e``, the log-loss falls per step at
+     less than ``max_rate_after`` (0.25) of the drop's mean rate, or not at all. This is what
+     makes it sudden: a slow tail may follow (a digit's loss goes on sinking after its cliff),
+     but a decline that merely begins after a plateau and goes on as fast does not stop.
 
    Why both amounts: a fall from 1e-4 to 1e-6 is a factor of 100 but 1e-4 nats and moves no
    prediction; a fall from 20 to 19 nats is a nat but 5%, the kind of wobble an overconfident
@@ -57,16 +58,25 @@ rule)`` finds them in one curve; the settings are the fields of ``PhaseRule`` (d
    within 5% (of the fall in nats) of its local level, the median of the ``2 ×
    min_window_evals + 1`` evaluations up to it (a plateau wanders: judged against one level
    for all of it, the start would land on a noise peak far from the fall); the bottom ``b`` is
-   the lowest point within ``W(t_s)`` of ``s``; the end ``e`` is the first evaluation with 90%
-   of the log-fall from ``s`` to ``b`` done (it does not wait for a noisy or slowly sinking
-   floor). A drop that passes the three tests is reported and the search goes on from ``e``;
-   otherwise from ``s + 1``. About a millisecond for a curve of 2,000 evaluations with a
-   plateau, a few for a steady decline (every evaluation a candidate).
+   the lowest point within ``W(t_s)`` of ``s``. The end ``e`` is the **knee**, where the steep
+   part of the fall stops. The ends tried run from ``s + 1`` to the first evaluation with 90%
+   of the log-fall from ``s`` to ``b`` done (the end does not wait for a noisy or slowly
+   sinking floor); kept are those with which the drop passes the three tests. With ``r`` the
+   drop's mean rate to the kept end that stands out most (after which the loss falls slowest,
+   as a share of the drop's rate), ``e`` is the kept end farthest below the line from ``s``
+   that falls at ``max_rate_after`` × ``r``: before it the loss falls faster than that line,
+   after it slower, at a pace a tail may have. So a cliff followed by a slow tail ends at the
+   foot of the cliff, not out in the tail, while a sigmoid's rounded bottom still falls faster
+   than the line: a sigmoid ends at the 90% point, as one change. With an end kept, the drop
+   is reported and the search goes on from ``e``; otherwise from ``s + 1``. About a
+   millisecond for a curve of 2,000 evaluations with a plateau, about ten for a steady decline
+   (every evaluation a candidate).
 5. **Reported** (``PhaseChange``): ``start``/``end``, the steps of ``s``/``e``; ``loss_start``,
    the level the fall leaves (the smoothed loss at ``s`` or, if higher, its local level: noise
    at ``s`` is not part of the drop); ``loss_end``, the smoothed loss at ``e``; ``size`` =
-   their difference in nats, ``factor`` = their ratio (``ln factor`` is about 90% of the
-   log-fall, ``size`` nearly all of it); ``step``, the one step that stands for the change:
+   their difference in nats, ``factor`` = their ratio (for a sigmoid ``ln factor`` is about
+   90% of the log-fall and ``size`` nearly all of it; for a cliff followed by a tail, the
+   cliff's alone); ``step``, the one step that stands for the change:
    where the log-loss crosses halfway from ``loss_start`` to ``loss_end``, interpolated between
    evaluations. That is the centre of a sigmoid in log-loss, steadier under noise than the
    steepest fall between two evaluations; ``start`` and ``end`` move with noise more.
@@ -76,11 +86,20 @@ What it can miss, or see that is not there:
 - A drop slower than its window: the initial training drop when evaluations are so dense that
   it takes more than ``min_window_evals`` of them; a generalization slower than about half the
   run before it. A steady decline, however large, is never a phase change (but see the start).
+- A cliff whose tail falls at more than ``max_rate_after`` of the cliff's rate: on a log axis
+  that is the start of a steady decline. The units digit of 3-digit addition can look so: 2.0
+  to 0.92 in 250 steps, then on down at 0.7 of that rate (in log-loss) for 1,500 steps, a
+  phase change on a linear axis. ``max_rate_after=0.8`` takes it, but from 0.4 up so does a
+  decline at one rate that reaches its floor 1.6 windows after it starts (cut at one window,
+  it falls at 0.6 of its rate in the window after).
+- A power law that begins after a plateau, with a time scale well under the window, is a
+  cliff and a tail: it counts.
 - Drops under 0.01 nats: training loss's clean-up drop at grokking once it is already ~1e-3
   (lower ``min_drop_nats``); drops under a factor 2, such as a language model's induction bump
   (a few tenths of a nat on ~3; lower ``min_drop_factor`` and smooth more).
 - Two drops less than a window apart: read as one when the second falls inside the first's
-  window; the second fails the plateau test when the first's fall lies in its span.
+  window (the first alone fails the after-test, the second's fall being in its span); the
+  second fails the plateau test when the first's fall lies in its span.
 - At the start of a curve there is no history: the head of a steep power law (one whose time
   offset is a few evaluations) reads as an initial drop.
 - Heavy noise: above about 20% from one evaluation to the next, noise makes drops of its own
@@ -110,7 +129,7 @@ from grok_tune import metrics as m
 
 LOSS_FLOOR = 1e-12  # a float32 loss can round to 0; ln needs a number
 _START_EDGE = 0.05  # the start: within 5% of the fall in nats of the plateau's level
-_END_EDGE = 0.1  # the end: 90% of the log-fall done (a noisy, slowly falling floor is no bottom)
+_END_EDGE = 0.1  # the end: at most 90% of the log-fall (a noisy, slowly falling floor is no bottom)
 
 
 def _whole(x: object) -> bool:
@@ -135,7 +154,7 @@ class PhaseRule:
     rel_window: float = 0.5  # a drop at step t completes within rel_window * t steps ...
     min_window_evals: int = 8  # ... or within this many evaluations, whichever is longer
     max_rate_before: float = 0.25  # before it: falling at under this share of the drop's rate
-    max_fall_after: float = 0.25  # after it: falling by under this share of the drop
+    max_rate_after: float = 0.25  # after it: falling at under this share of the drop's rate
 
     def __post_init__(self) -> None:
         if not _whole(self.smooth) or self.smooth < 1 or self.smooth % 2 == 0:
@@ -150,7 +169,7 @@ class PhaseRule:
             raise ValueError(
                 f"min_window_evals = {self.min_window_evals!r}: a whole number of evaluations >= 1"
             )
-        for name in ("max_rate_before", "max_fall_after"):
+        for name in ("max_rate_before", "max_rate_after"):
             value = getattr(self, name)
             if not _real(value) or not 0 <= value < 1:
                 raise ValueError(f"{name} = {value!r}: a number in [0, 1)")
@@ -159,7 +178,7 @@ class PhaseRule:
         return (
             f"median{self.smooth},drop>={self.min_drop_nats:g}nats&x{self.min_drop_factor:g},"
             f"within=max({self.min_window_evals}evals,{self.rel_window:g}*step),"
-            f"before<{self.max_rate_before:g}rate,after<{self.max_fall_after:g}fall"
+            f"before<{self.max_rate_before:g}rate,after<{self.max_rate_after:g}rate"
         )
 
 
@@ -172,7 +191,7 @@ class PhaseChange:
 
     step: float  # where the log-loss is halfway from loss_start to loss_end (interpolated)
     start: float  # the last evaluation still at the plateau's level
-    end: float  # the first evaluation with 90% of the log-fall done
+    end: float  # the knee, where the steep part stops (a sigmoid: 90% of the log-fall done)
     loss_start: float  # the plateau's level there (smoothed)
     loss_end: float  # smoothed
     size: float  # loss_start - loss_end, nats
@@ -231,8 +250,9 @@ def _iter_phase_changes(
     behind = np.maximum(np.minimum(back, idx - m), 0)
 
     # the first test, for all evaluations at once: the lowest point ahead is low enough
+    table = _min_table(y)
     low_ahead = np.full(n, np.inf)
-    low_ahead[:-1] = _range_min(y, idx[:-1] + 1, ahead[:-1])
+    low_ahead[:-1] = _table_min(table, idx[:-1] + 1, ahead[:-1])
     passes = (y - low_ahead >= math.log(rule.min_drop_factor)) & (
         lin - np.exp(low_ahead) >= rule.min_drop_nats
     )
@@ -243,14 +263,14 @@ def _iter_phase_changes(
         i = int(candidates[k])
         j = i + 1 + int(np.argmin(y[i + 1 : ahead[i] + 1]))
         # s: the last evaluation before the fall's middle still within 5% (of the fall in
-        # nats) of its local level; b: the bottom, within s's own window; e: 90% of the way
+        # nats) of its local level; b: the bottom, within s's own window; e: the knee
         mid = i + 1 + int(np.argmax(y[i + 1 : j + 1] <= (math.log(level[i]) + y[j]) / 2))
         top = level[i:mid]
         at_level = np.flatnonzero(lin[i:mid] >= top - _START_EDGE * (top - lin[j]))
         s = i + int(at_level[-1]) if len(at_level) else i
         b = s + 1 + int(np.argmin(y[s + 1 : ahead[s] + 1]))
-        e = s + 1 + int(np.argmax(y[s + 1 : b + 1] <= y[b] + _END_EDGE * (y[s] - y[b])))
-        if _is_phase_change(t, y, lin, s, e, ahead, behind, rule):
+        e = _end(t, y, lin, s, b, ahead, behind, table, rule)
+        if e is not None:
             # the size counts from the level the fall leaves, not from the noise at s
             yield _report(t, y, lin, s, e, max(float(lin[s]), float(level[s])))
             pos = e
@@ -258,30 +278,60 @@ def _iter_phase_changes(
             pos = s + 1
 
 
-def _is_phase_change(
+def _end(
     t: np.ndarray,
     y: np.ndarray,
     lin: np.ndarray,
     s: int,
-    e: int,
+    b: int,
     ahead: np.ndarray,
     behind: np.ndarray,
+    table: np.ndarray,
     rule: PhaseRule,
-) -> bool:
-    fall = y[s] - y[e]
-    p = behind[s]
-    low = y[p : s + 1].min()  # from the lowest point before: a return after a spike is no drop
-    if low - y[e] < math.log(rule.min_drop_factor) or math.exp(low) - lin[e] < rule.min_drop_nats:
-        return False
-    # a plateau: before s, falling (per step) at a small share of the drop's rate, or not at all
-    if y[p] - y[s] > 0 and (y[p] - y[s]) * (t[e] - t[s]) >= (
-        rule.max_rate_before * fall * (t[s] - t[p])
-    ):
-        return False
-    # it completes: as long a span after e as the window had, and only a little more falls there
-    last = max(e + (ahead[s] - s), int(np.searchsorted(t, t[e] + t[ahead[s]] - t[s], "right")) - 1)
-    rest = y[e] - y[e : min(last, len(t) - 1) + 1].min()
-    return bool(rest < rule.max_fall_after * fall)
+) -> int | None:
+    """Where the phase change from ``s`` ends, or None when no evaluation ends one.
+
+    Tried: the evaluations up to 90% of the log-fall to the bottom ``b``; kept: those that
+    make the drop big, after a plateau and complete. Of these, the end is the knee, where
+    the steep part stops: the one farthest below a line from ``s`` that falls at
+    ``max_rate_after`` of the drop's rate (the rate of the kept end after which the loss falls
+    slowest, relative to it). Before the knee the loss falls faster than that line, after it
+    slower: at the pace a tail may have."""
+    stop = s + 2 + int(np.argmax(y[s + 1 : b + 1] <= y[b] + _END_EDGE * (y[s] - y[b])))
+    ye, te = y[s + 1 : stop], t[s + 1 : stop]
+    rate = (y[s] - ye) / (te - t[s])  # the drop's mean rate, log-loss per step
+    # after a plateau: over the span before s, the loss fell (per step) at a small share of
+    # the drop's rate, or not at all
+    p = int(behind[s])
+    before = float(y[p] - y[s])
+    ok = rate * (rule.max_rate_before * (t[s] - t[p])) > before if before > 0 else rate > 0
+    if not ok.any():
+        return None
+    # big, counted from the lowest point before: a return after a spike is no drop
+    low = float(y[p : s + 1].min())
+    ok &= (ye <= low - math.log(rule.min_drop_factor)) & (
+        lin[s + 1 : stop] <= math.exp(low) - rule.min_drop_nats
+    )
+    e = s + 1 + np.flatnonzero(ok)
+    if not len(e):
+        return None
+    rate = rate[e - s - 1]
+    # complete: over as long a span after e as the window had, the loss falls (per step) at a
+    # small share of the drop's rate, or not at all. A slow decline may follow (a digit's loss
+    # goes on sinking after its cliff); a steady decline, as fast after as during, is no drop.
+    # At the end of the curve it is judged on the evaluations there are.
+    w = int(ahead[s]) - s
+    last = np.maximum(e + w, np.searchsorted(t, t[e] + (t[s + w] - t[s]), "right") - 1)
+    last = np.minimum(last, len(t) - 1)
+    span = t[last] - t[e]
+    rest = y[e] - _table_min(table, e, last)
+    after = np.divide(rest, span, out=np.zeros(len(e)), where=span > 0)
+    ok = (span == 0) | (after < rule.max_rate_after * rate)
+    if not ok.any():
+        return None
+    e, rate, after = e[ok], rate[ok], after[ok]
+    pace = rule.max_rate_after * rate[np.argmin(after / rate)]
+    return int(e[np.argmax(y[s] - y[e] - pace * (t[e] - t[s]))])
 
 
 def _report(
@@ -343,17 +393,20 @@ def _trailing_median(x: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def _range_min(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """min(x[lo[r] : hi[r] + 1]) for every r (all lo <= hi), by a sparse table."""
+def _min_table(x: np.ndarray) -> np.ndarray:
+    """A sparse table of ``x`` for range minima: row k holds the minima of 2**k values."""
     n = len(x)
-    length = hi - lo + 1
-    levels = int(length.max()).bit_length()
-    table = np.full((levels, n), np.inf)
+    table = np.full((max(1, n.bit_length()), n), np.inf)
     table[0] = x
-    for k in range(1, levels):
+    for k in range(1, len(table)):
         half = 1 << (k - 1)
         table[k, : n - half] = np.minimum(table[k - 1, : n - half], table[k - 1, half:])
-    k = np.frexp(length.astype(float))[1] - 1  # floor(log2(length)), exactly
+    return table
+
+
+def _table_min(table: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """min(x[lo[r] : hi[r] + 1]) for every r (all lo <= hi), from ``table = _min_table(x)``."""
+    k = np.frexp((hi - lo + 1).astype(float))[1] - 1  # floor(log2(length)), exactly
     return np.minimum(table[k, lo], table[k, hi - (1 << k) + 1])
 
 

@@ -27,7 +27,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from grok_tune import metrics as m
-from grok_tune.config import TrainConfig
+from grok_tune.config import TrainConfig, flat_settings
 from grok_tune.events import DEFAULT_PHASE_RULE, PhaseRule, phase_outcome, run_phase_changes
 from grok_tune.layout import CURVES_FILE, PHASES_FILE, TRIAL_ID, TRIALS_FILE
 from grok_tune.regions import DEFAULT_RULE, REGION, REGION_RULE, RegionRule, classify_trials
@@ -123,7 +123,8 @@ def config_columns(config: dict[str, Any]) -> dict[str, Any]:
 def trial_row(result: Any) -> dict[str, Any]:
     """One row of trials.parquet from a ray.tune Result (finished, stopped or errored)."""
     last = dict(result.metrics or {})
-    row: dict[str, Any] = {TRIAL_ID: _trial_id(result), **config_columns(result.config)}
+    settings = flat_settings(result.config)
+    row: dict[str, Any] = {TRIAL_ID: _trial_id(result), **config_columns(settings)}
     for name in _OUTCOME_COLUMNS:
         row[name] = _none_if_nan(last.get(name))
     for name, value in last.items():  # each named position's own events

@@ -31,6 +31,7 @@ import yaml
 
 from grok_tune import metrics as m
 from grok_tune.cli import Parser
+from grok_tune.config import VARIANT
 from grok_tune.layout import (
     DEFAULT_STORAGE,
     OPTUNA_FILE,
@@ -114,7 +115,12 @@ def _tune_domain(dist: Distribution) -> Any:
 
 
 def param_space(spec: StudySpec) -> dict[str, Any]:
-    return {**spec.fixed, **{k: _tune_domain(d) for k, d in spec.distributions.items()}}
+    from ray import tune
+
+    space = {**spec.fixed, **{k: _tune_domain(d) for k, d in spec.distributions.items()}}
+    if spec.variants:  # a trial's settings: its variant's merged in (grok_tune.trainable)
+        space[VARIANT] = tune.grid_search(spec.variants)
+    return space
 
 
 def _concurrency(spec: StudySpec) -> int:
@@ -505,6 +511,7 @@ def plan(spec: StudySpec, uri: str, exists: bool, address: str | None) -> str:
             f"{k} {d.grid}" for k, d in spec.distributions.items() if isinstance(d, Grid)
         )
         repeats = f" x {spec.num_samples} repeats" if spec.num_samples > 1 else ""
+        repeats += f" (x {len(spec.variants)} variants)" if spec.variants else ""
         lines.append(f"  grid: {grids}: {len(points)} points{repeats}")
         for point in itertools.islice(points, MAX_POINTS_LISTED):
             lines.append("    " + ", ".join(f"{k}={v}" for k, v in point.items()))
@@ -513,6 +520,9 @@ def plan(spec: StudySpec, uri: str, exists: bool, address: str | None) -> str:
     others = {k: d for k, d in spec.distributions.items() if not isinstance(d, Grid)}
     for key, dist in others.items():
         lines.append(f"  {key}: {dist.model_dump()} (sampled per trial)")
+    if spec.variants:
+        lines.append(f"  variants (each crossed with the grid): {len(spec.variants)}")
+        lines += [f"    {v or '{} (the settings as they are)'}" for v in spec.variants]
     if spec.mode == "optuna":
         lines.append(
             f"  Optuna TPE (seed {spec.seed}): {spec.objective.mode} {spec.objective.metric}"
@@ -556,7 +566,10 @@ def main(argv: list[str] | None = None) -> int:
         check_storage(args.storage)
         exists = _exists(uri)
         if args.dry_run:
-            print(plan(spec, uri, exists, args.address))
+            try:
+                print(plan(spec, uri, exists, args.address))
+            except BrokenPipeError:  # `| head` closed the pipe: not an error of ours
+                sys.stderr.close()
             return 0
         if args.resume and not exists:
             raise Refused(f"--resume: no study state at {uri} (it never started a trial)")

@@ -189,6 +189,25 @@ class StudySpec(BaseModel):
     checkpoint_every: int = Field(1000, ge=1, description="steps between trial checkpoints")
     max_failures: int = Field(1, ge=0, description="retries of a crashed trial from a checkpoint")
     params: dict[str, Param] = Field(default_factory=dict)
+    # mode grid: bundles of settings, each crossed with the grid (one remedy each, say); a
+    # variant's keys are settings the params do not name
+    variants: list[dict[str, Scalar]] = Field(default_factory=list)
+
+    @field_validator("variants", mode="before")
+    @classmethod
+    def _known_variant_settings(cls, variants: Any) -> Any:
+        if isinstance(variants, list):
+            for i, variant in enumerate(variants):
+                if isinstance(variant, dict):
+                    unknown = [k for k in variant if k not in TrainConfig.model_fields]
+                    if unknown:
+                        raise ValueError(
+                            f"[{i}]: "
+                            + "; ".join(
+                                unknown_key(k, TrainConfig.model_fields, "setting") for k in unknown
+                            )
+                        )
+        return variants
 
     @field_validator("params", mode="before")
     @classmethod
@@ -215,8 +234,17 @@ class StudySpec(BaseModel):
                 raise ValueError(
                     f"params.{key}: grid needs mode: grid (use choice with {self.mode})"
                 )
-        if self.mode == "grid" and not any(isinstance(p, Grid) for p in self.params.values()):
+        has_grid = any(isinstance(p, Grid) for p in self.params.values())
+        if self.mode == "grid" and not (has_grid or self.variants):
             raise ValueError("mode grid needs at least one param given as {grid: [...]}")
+        if self.variants and self.mode != "grid":
+            raise ValueError(f"variants need mode: grid, not {self.mode}")
+        for i, variant in enumerate(self.variants):
+            both = sorted(set(variant) & set(self.params))
+            if both:
+                raise ValueError(
+                    f"variants[{i}]: {', '.join(both)} also in params: name a setting in one place"
+                )
         if self.mode == "optuna" and not self.distributions:
             raise ValueError("mode optuna needs at least one param given as a distribution")
         return self
@@ -236,10 +264,13 @@ class StudySpec(BaseModel):
         """Every combination of the grid settings (one trial each per repeat), in Tune's order:
         the last grid setting varies slowest."""
         grids = {k: d.grid for k, d in self.distributions.items() if isinstance(d, Grid)}
-        combos = itertools.product(*reversed(grids.values()))
+        combos = itertools.product(self.variants or [{}], *reversed(grids.values()))
         return [
-            {k: dict(zip(reversed(grids), combo, strict=True))[k] for k in grids}
-            for combo in combos
+            {
+                **variant,
+                **{k: dict(zip(reversed(grids), combo, strict=True))[k] for k in grids},
+            }
+            for variant, *combo in combos
         ]
 
     def num_trials(self) -> int:
@@ -351,7 +382,16 @@ def _normalize(spec: StudySpec, where: str) -> tuple[StudySpec, list[str]]:
             params[key] = type(dist)(**{kind: values})
         else:
             params[key] = dist
-    return spec.model_copy(update={"params": params}), problems
+    variants = []
+    for i, variant in enumerate(spec.variants):
+        try:
+            cfg = TrainConfig(**{**spec.fixed, **variant})
+        except ValidationError as err:
+            problems += [f"{where}: variants[{i}]: {_message(e, None)}" for e in err.errors()]
+            continue
+        variants.append({k: getattr(cfg, k) for k in variant})
+    update = {"params": params, "variants": variants if not problems else spec.variants}
+    return spec.model_copy(update=update), problems
 
 
 # Every combination of the candidate values is built as a TrainConfig before anything runs: a
@@ -365,12 +405,14 @@ MAX_REPORTED = 5
 def _check_combinations(spec: StudySpec, where: str) -> list[str]:
     names = list(spec.distributions)
     lists = [d.candidates() for d in spec.distributions.values()]
-    if math.prod(map(len, lists)) <= 1:
+    variants = spec.variants or [{}]
+    if math.prod(map(len, lists)) * len(variants) <= 1:
         return []
     problems: list[str] = []
     failed = 0
-    for combo in itertools.islice(itertools.product(*lists), MAX_COMBINATIONS):
-        point = dict(zip(names, combo, strict=True))
+    combos = itertools.product(variants, *lists)
+    for variant, *combo in itertools.islice(combos, MAX_COMBINATIONS):
+        point = {**variant, **dict(zip(names, combo, strict=True))}
         try:
             TrainConfig(**{**spec.fixed, **point})
         except ValidationError as err:

@@ -16,7 +16,7 @@ import ray
 from ray import tune
 
 from grok_tune import metrics as m
-from grok_tune.config import TrainConfig
+from grok_tune.config import TrainConfig, flat_settings
 
 if TYPE_CHECKING:
     from grok_tune.train import Trainer
@@ -30,7 +30,7 @@ def grokking_trial(config: dict[str, Any], checkpoint_every: int = 1000) -> None
     from grok_tune.tensorboard_log import TrialLog
     from grok_tune.train import Trainer
 
-    cfg = TrainConfig(**config)
+    cfg = TrainConfig(**flat_settings(config))
     ctx = tune.get_context()
     resources = ctx.get_trial_resources().required_resources
     # one intra-op thread per CPU Ray gave the trial: two trials on two cores beat one on both
