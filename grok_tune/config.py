@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from grok_tune.metrics import ACCURACY_THRESHOLD
+from grok_tune.presets import PRESET_NAMES, PRESETS, preset_settings
 from grok_tune.tasks import INFINITE, TASK_NAMES, task_class, task_settings
 from grok_tune.tasks.tables import OPERATIONS, P_MAX
 
@@ -62,6 +64,10 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
+    # an anchor's whole setup (grok_tune/presets.py); the settings given beside it win
+    preset: Literal[PRESET_NAMES] | None = Field(  # type: ignore[valid-type]
+        None, description=f"a paper's setup: {', '.join(PRESET_NAMES)}"
+    )
     # task (grok_tune/tasks/): each task reads the general settings and its own
     task: Literal[TASK_NAMES] = Field("table", description="what the model learns")  # type: ignore[valid-type]
     # task: table
@@ -141,6 +147,12 @@ class TrainConfig(BaseModel):
     fixed_weight_norm: bool = Field(
         False, description="hold the total weight norm at its initial value (Omnigrok)"
     )
+    threshold: float = Field(
+        ACCURACY_THRESHOLD,
+        gt=0,
+        le=1,
+        description="accuracy that counts as memorized / generalized",
+    )
     # stopping: neither ever stops a run for low validation accuracy alone
     stop_after_generalized: int | None = Field(
         3, ge=1, description="stop once validation stayed >= threshold this many evaluations"
@@ -156,6 +168,9 @@ class TrainConfig(BaseModel):
         shows the value a run used."""
         if not isinstance(data, dict):
             return data
+        if data.get("preset") in PRESETS:  # the preset first: what is given beside it wins
+            given = {k: v for k, v in data.items() if v is not None}
+            data = {**preset_settings(data["preset"]), **given}
         name = data.get("task", "table")
         if name not in TASK_NAMES:
             return data  # the field's own check names it

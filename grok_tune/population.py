@@ -591,13 +591,12 @@ class Population:
         )
         self._ortho_rows = self._rows_where(lambda c: c.orthogonal_grad)
         self._norm_rows = self._rows_where(lambda c: c.fixed_weight_norm)
-        # Grokfast: one filter per distinct setting over its members' rows (elementwise, so
-        # one filter over a block of members is each member's own filter)
+        # Grokfast: exact, each member's own filter over its tensors (Trainer's); stacked, one
+        # filter per distinct setting over a block of rows (elementwise: each member's own)
         groups: dict[tuple, list[int]] = {}
         for i in active:
-            key = self._filter_key(self.cfgs[i])
-            if key[0] != "none":
-                groups.setdefault(key, []).append(i)
+            if self.cfgs[i].grad_filter != "none":
+                groups.setdefault(self._filter_key(i), []).append(i)
         self._filter_groups = groups
         for key in list(self._filters):
             if key not in groups:
@@ -614,9 +613,16 @@ class Population:
             return None
         return torch.tensor(rows, dtype=torch.long, device=self.device)
 
-    @staticmethod
-    def _filter_key(cfg: TrainConfig) -> tuple:
+    def _filter_key(self, i: int) -> tuple:
+        cfg = self.cfgs[i]
+        if self.exact:
+            return ("member", i)
         return (cfg.grad_filter, *(getattr(cfg, n) for n in FILTER_READS[cfg.grad_filter]))
+
+    def _member_tensors(self, t: torch.Tensor, r: int) -> list[torch.Tensor]:
+        """Row r of ``t`` (K, row_length) as that member's parameters: the model's order and
+        shapes, what Trainer hands its remedies."""
+        return [t[r, s.start : s.stop].view(s.shape) for s in map(self._slots.get, self._names)]
 
     @staticmethod
     def _new_filter(cfg: TrainConfig) -> remedies.GrokfastEMA | remedies.GrokfastMA:
@@ -684,7 +690,9 @@ class Population:
         row_of = {i: r for r, i in enumerate(self.active)}
         for key, members in self._filter_groups.items():
             apply = self._filters[key]
-            if len(members) == len(self.active):
+            if self.exact:
+                apply([SimpleNamespace(grad=g) for g in self._member_tensors(grad, row_of[key[1]])])
+            elif len(members) == len(self.active):
                 apply([SimpleNamespace(grad=grad)])
                 continue
             rows = torch.tensor([row_of[i] for i in members], device=self.device)
@@ -693,6 +701,15 @@ class Population:
             grad.index_copy_(0, rows, sub.grad)
 
     def _orthogonalize(self, grad: torch.Tensor) -> None:
+        if self.exact:  # Trainer's own call on each member's tensors
+            for r, i in enumerate(self.active):
+                if self.cfgs[i].orthogonal_grad:
+                    ws, gs = self._member_tensors(self._flat, r), self._member_tensors(grad, r)
+                    remedies.orthogonalize_grads_(
+                        SimpleNamespace(grad=g, detach=lambda w=w: w)
+                        for w, g in zip(ws, gs, strict=True)
+                    )
+            return
         rows, w = self._ortho_rows, self._flat
         g = grad if rows is None else grad.index_select(0, rows)
         w = w if rows is None else w.index_select(0, rows)
@@ -709,10 +726,7 @@ class Population:
         if self.exact:  # Trainer's own call on each member's tensors: the same norm's rounding
             for r, i in enumerate(self.active):
                 if self.cfgs[i].fixed_weight_norm:
-                    spans = [
-                        flat[r, self._slots[n].start : self._slots[n].stop] for n in self._names
-                    ]
-                    remedies.fix_weight_norm_(spans, self._target_norm[r])
+                    remedies.fix_weight_norm_(self._member_tensors(flat, r), self._target_norm[r])
             return
         rows = self._norm_rows
         w = flat if rows is None else flat.index_select(0, rows)
@@ -875,7 +889,8 @@ class Population:
     def _evaluate(self, train_seconds: float) -> dict[int, Record]:
         t0 = time.perf_counter()
         flat = self._flat
-        params = self._views(flat)
+        # weights that require grad, as a model's parameters do: F.linear picks its kernel by it
+        params = self._views(flat.detach().requires_grad_(True))
         train = self._split_metrics(params, self._eval_data("train"), "train", collapse=True)
         val = self._split_metrics(params, self._eval_data("val"), "val", collapse=False)
         norms, measures = [], []
@@ -1021,7 +1036,7 @@ class Population:
         self._filters = {}
         self._set_active(list(state["active"]))
         for saved in state["filters"]:
-            key = self._filter_key(self.cfgs[saved["members"][0]])
+            key = self._filter_key(saved["members"][0])
             if self._filter_groups.get(key) != list(saved["members"]):
                 raise ValueError("checkpoint's filter groups do not match its members")
             self._filters[key].load_state_dict(saved["state"])

@@ -93,14 +93,18 @@ def classify_trials(
 ) -> pd.DataFrame:
     """Add ``region`` and ``region_rule`` to a trials table (rows of trials.parquet).
 
-    At the default threshold the recorded events are used; at another one they are re-derived
-    from the curves (the first evaluation at or above it, so ``curves`` is needed) and replace
-    the steps columns, so that what a figure marks is what the region rests on. A run stopped
-    after holding 0.99 stays censored at a stricter threshold it never reached.
+    A trial's recorded events are used when it ran at the rule's threshold (its ``threshold``
+    setting, 0.99 unless a preset or the study chose another); otherwise they are re-derived
+    from the curves (the first evaluation at or above the rule's threshold, so ``curves`` is
+    needed) and replace the steps columns, so that what a figure marks is what the region rests
+    on. A run stopped after holding its threshold stays censored at a stricter one it never
+    reached.
     """
     out = trials.copy()
     mem, gen = out[m.STEPS_TO_MEMORIZE], out[m.STEPS_TO_GENERALIZE]
-    if rule.threshold != m.ACCURACY_THRESHOLD:
+    recorded = out.get("threshold", pd.Series(m.ACCURACY_THRESHOLD, index=out.index))
+    redo = recorded.fillna(m.ACCURACY_THRESHOLD).astype(float) != rule.threshold
+    if redo.any():
         if curves is None:
             raise ValueError("a threshold other than the recorded one needs the curves")
         by_trial = {t: c.sort_values(m.STEP) for t, c in curves.groupby("trial_id")}
@@ -110,10 +114,17 @@ def classify_trials(
             c = by_trial.get(tid, empty)
             return first_step_reaching(c[m.STEP], c[col], rule.threshold)
 
-        mem = pd.Series([event(t, m.TRAIN_ACC) for t in out["trial_id"]], index=out.index)
-        gen = pd.Series([event(t, m.VAL_ACC) for t in out["trial_id"]], index=out.index)
-        out[m.STEPS_TO_MEMORIZE] = mem.astype("Int64")
-        out[m.STEPS_TO_GENERALIZE] = gen.astype("Int64")
+        tids = out["trial_id"]
+        mem = pd.Series(
+            [event(t, m.TRAIN_ACC) if r else v for t, r, v in zip(tids, redo, mem, strict=True)],
+            index=out.index,
+        )
+        gen = pd.Series(
+            [event(t, m.VAL_ACC) if r else v for t, r, v in zip(tids, redo, gen, strict=True)],
+            index=out.index,
+        )
+        out[m.STEPS_TO_MEMORIZE] = pd.to_numeric(mem).astype("Int64")
+        out[m.STEPS_TO_GENERALIZE] = pd.to_numeric(gen).astype("Int64")
     status = out[m.STATUS].astype(str)
     # an errored or unfinished trial has no region: its events so far are not its outcome
     regions = [

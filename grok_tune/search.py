@@ -504,7 +504,7 @@ def plan(spec: StudySpec, uri: str, exists: bool, address: str | None) -> str:
     if spec.description:
         lines.append(f"  {spec.description}")
     fixed = ", ".join(f"{k}={v}" for k, v in spec.fixed.items())
-    lines.append(f"  fixed: {fixed or 'none'} (every other setting: its default)")
+    lines.append(f"  fixed: {fixed or 'none'} (every other setting: its default, or its preset's)")
     if spec.mode == "grid":
         points = spec.grid_points()
         grids = ", ".join(

@@ -193,6 +193,24 @@ class StudySpec(BaseModel):
     # variant's keys are settings the params do not name
     variants: list[dict[str, Scalar]] = Field(default_factory=list)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_is_a_setting(cls, data: Any) -> Any:
+        """``preset: nanda2023`` at the top of a file: the same as in params."""
+        if isinstance(data, dict) and "preset" in data:
+            params = data.get("params") or {}
+            if isinstance(params, dict) and "preset" in params:
+                raise ValueError("preset: given twice (top level and params): name it once")
+            rest = {k: v for k, v in data.items() if k != "preset"}
+            return {
+                **rest,
+                "params": {
+                    "preset": data["preset"],
+                    **(params if isinstance(params, dict) else {}),
+                },
+            }
+        return data
+
     @field_validator("variants", mode="before")
     @classmethod
     def _known_variant_settings(cls, variants: Any) -> Any:

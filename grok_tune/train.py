@@ -104,7 +104,7 @@ class Trainer:
         self.history: list[Record] = []
         self.elapsed_s = 0.0
         self.events = RunEvents(
-            StoppingRule(cfg.steps, cfg.stop_after_generalized, cfg.confusion_step),
+            StoppingRule(cfg.steps, cfg.stop_after_generalized, cfg.confusion_step, cfg.threshold),
             self.layout.position_names,
         )
         self.loss_fn: LossFn = cross_entropy
