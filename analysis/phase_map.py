@@ -7,7 +7,9 @@ repeats (``k/n`` says how many agree; a tie goes to the earlier in REGIONS order
 with the median steps to generalize of those that generalized (``cens.`` when none did).
 Sampled settings (random, Optuna) give points coloured by region; ``--scatter`` asks for points
 whatever the study. The axes default to the two searched settings with the most distinct
-values (seeds are repeats, not an axis); learning rate and weight decay are log axes.
+values (seeds are repeats, not an axis); learning rate and weight decay are log axes. A
+``mode: boundary`` study is drawn as its refinement: cells at their own resolution
+(analysis/boundary_map.py).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from matplotlib.axes import Axes
 from matplotlib.colors import to_rgb
 from matplotlib.patches import Patch
 
+from analysis.boundary_map import is_boundary_study, plot_boundary_map
 from analysis.common import (
     LEARNED,
     NO_RESULT_COLOR,
@@ -167,6 +170,8 @@ def plot_phase_map(
     scatter: bool = False,
     out: Path | None = None,
 ) -> Drawn:
+    if x is None and y is None and not scatter and is_boundary_study(study):
+        return plot_boundary_map(study, out)  # cells at their own resolution
     if x is None and y is None:
         x, y = default_axes(study)
     elif x is None:

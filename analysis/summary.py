@@ -106,7 +106,7 @@ def fraction_boundary(study: Study) -> str:
 
 
 def summarize(study: Study) -> str:
-    from analysis import phases, remedies  # their figures' own tables
+    from analysis import boundary_map, phases, remedies  # their figures' own tables
 
     mode = study.spec.mode if study.spec else "unknown mode"
     parts = [
@@ -116,6 +116,8 @@ def summarize(study: Study) -> str:
         fastest_grok(study),
         fraction_boundary(study),
     ]
+    if boundary_map.is_boundary_study(study):
+        parts.append(boundary_map.boundary_summary(study))
     if phases.has_phases(study):
         parts.append(phases.phase_table(study))
     if remedies.varies_remedies(study) and not study.finished.empty:

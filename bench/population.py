@@ -10,11 +10,11 @@ The model is Power et al.'s (x/y mod 97, 50 % training data, 2 layers, width 128
 512, batch 512, AdamW lr 1e-3 wd 1); member i has seed i. For each K in ``--members``:
 
 naive        K ``Trainer`` runs one after another in this process (what K = 1 populations do).
-population   ``grok_tune.population.Population`` as it runs on the device: on CPU ``exact``
-             (LayerNorm and the optimizer one member at a time, torch's own kernels: bit for
-             bit Trainer), on a GPU stacked.
-stacked      ``Population(exact=False)``: LayerNorm's affine part and AdamW over all members at
-             once (the GPU path); measured on CPU too.
+population   ``grok_tune.population.Population`` with the device's defaults: on CPU ``exact``
+             and one member per pass (LayerNorm, F.linear, the fused optimizer step per member:
+             bit for bit Trainer); on a GPU stacked, every member in one pass.
+stacked      ``Population(exact=False, chunk=K)``: the GPU path (every member in one pass,
+             LayerNorm's gain and bias and AdamW over the whole stack), measured on CPU too.
 vmap         the stacked population with its model replaced by ``torch.func.vmap`` of
              ``functional_call`` over grok_tune's own ``Transformer`` (shared prefix off: its
              ``unique`` cannot be vmapped).
@@ -25,7 +25,8 @@ what a study does with K = 1 and one core per trial; on one GPU they contend for
 Every run trains ``--steps`` steps with an evaluation at step 0 and at the end; the time inside
 evaluations is subtracted, so the figure is training member-steps per second (K × steps / s).
 Each measurement is repeated ``--rounds`` times in alternating order and the best round counts
-(other processes on a shared machine only ever slow a run down).
+(other processes on a shared machine only ever slow a run down); on CPU with one thread the
+clock is the process's CPU time, which other processes disturb less than the wall clock.
 On a GPU also the peak memory per member (``torch.cuda.max_memory_allocated`` / K) and the K
 where the population's throughput stops growing (less than 10 % more for the next K).
 """
@@ -91,6 +92,14 @@ class Row:
     peak_mib_per_member: float | None
 
 
+def clock() -> float:
+    """CPU seconds of this process on one CPU thread (other processes on a shared machine do
+    not count), else wall-clock seconds."""
+    if torch.get_num_threads() == 1 and not torch.cuda.is_initialized():
+        return time.process_time()
+    return time.perf_counter()
+
+
 def _timed(
     run: Callable[[], None], evaluate_owner: Any, device: torch.device
 ) -> tuple[float, float]:
@@ -102,18 +111,18 @@ def _timed(
 
         def timed(*args: Any, _inner: Callable = inner) -> Any:
             sync(device)
-            t0 = time.perf_counter()
+            t0 = clock()
             out = _inner(*args)
             sync(device)
-            spent[0] += time.perf_counter() - t0
+            spent[0] += clock() - t0
             return out
 
         owner._evaluate = timed
     sync(device)
-    t0 = time.perf_counter()
+    t0 = clock()
     run()
     sync(device)
-    return time.perf_counter() - t0, spent[0]
+    return clock() - t0, spent[0]
 
 
 def measure(impl: str, k: int, steps: int, device: torch.device) -> Row:

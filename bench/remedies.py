@@ -307,14 +307,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=20, help="untimed steps (MA: + its window)")
-    parser.add_argument("--steps", type=int, default=100, help="timed steps per run")
-    parser.add_argument("--retries", type=int, default=1, help="re-runs of a disturbed run")
+    parser.add_argument("--steps", type=int, default=100, help="timed steps per remedy and round")
+    parser.add_argument("--retries", type=int, default=1, help="re-runs of a disturbed round")
     parser.add_argument(
         "--quiet-wait",
         type=float,
         default=5.0,
         metavar="S",
-        help="seconds each run waits at most for other processes to leave the CPU",
+        help="seconds each round waits at most for other processes to leave the CPU",
     )
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     args = parser.parse_args(argv)
@@ -343,8 +343,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(
         f"device {device}, torch {torch.__version__}, {os.cpu_count()} CPUs, threads "
-        f"{args.threads}; {args.rounds} rounds x ({args.warmup} warm-up + {args.steps} timed "
-        "steps) per remedy",
+        f"{args.threads}; per remedy {args.warmup} warm-up steps (MA {MA_WINDOW} more), then "
+        f"{args.rounds} rounds x {args.steps} timed steps",
         flush=True,
     )
 

@@ -15,7 +15,6 @@ study's wall time that the plain run does not need. Trial-steps per second are r
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import subprocess
 import sys
@@ -44,11 +43,10 @@ def grid_configs(space: Path) -> list[dict]:
     from grok_tune.space import Grid, load_spec
 
     spec = load_spec(space)
-    grids = {k: d.grid for k, d in spec.distributions.items() if isinstance(d, Grid)}
-    if len(grids) != len(spec.distributions):
+    if spec.mode != "grid" or not all(isinstance(d, Grid) for d in spec.distributions.values()):
         raise SystemExit("this benchmark replays grid studies only (no sampled settings)")
-    combos = itertools.product(*grids.values())
-    return [{**spec.fixed, **dict(zip(grids, c, strict=True))} for c in combos] * spec.num_samples
+    # the study's own points: every grid combination crossed with the file's variants
+    return [{**spec.fixed, **point} for point in spec.grid_points()] * spec.num_samples
 
 
 def main() -> None:

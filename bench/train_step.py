@@ -641,6 +641,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
+    if args.steps <= WINDOW:  # a window closes at the step after its last: none would close
+        parser.error(f"--steps must be more than {WINDOW}, one timing window")
     threads = args.threads or ([1] if device.type == "cuda" else [1, 2])
     t_start = time.perf_counter()
 

@@ -776,3 +776,56 @@ def __getattr__(name: str) -> Any:
         globals()[name] = cls
         return cls
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# --- a study file's boundary search ---------------------------------------------------------
+def axes_of(spec: Any) -> list[Axis]:
+    """A boundary study's axes (``StudySpec.axes``): its ranges, log ones refined in log space."""
+    out = []
+    for name, dist in spec.axes.items():
+        log = hasattr(dist, "loguniform")
+        lo, hi = dist.loguniform if log else dist.uniform
+        out.append(Axis(name, float(lo), float(hi), log))
+    return out
+
+
+def maps_of(spec: Any) -> list[dict[str, Any]]:
+    """One map per point of the study's grids (the settings that are not axes), fixed ones in
+    each; no grid: one map."""
+    grids = {k: d.grid for k, d in spec.distributions.items() if hasattr(d, "grid")}
+    return grid_maps(spec.fixed, grids)
+
+
+def groups_of(spec: Any) -> dict[str, str]:
+    """``same: [[grok, generalize]]`` -> {"grok": "grok+generalize", "generalize": ...}."""
+    return {str(label): "+".join(map(str, same)) for same in spec.same for label in same}
+
+
+def plan_for(
+    spec: Any, label_of: Callable[[Mapping[str, Any]], Label] = label_region
+) -> BoundaryPlan:
+    """The boundary search a study file (a ``StudySpec`` in mode boundary) describes, fresh."""
+    return BoundaryPlan(
+        maps_of(spec), axes_of(spec), spec.initial, spec.depth, spec.max_trials,
+        spec.num_samples, label_of, groups_of(spec), spec.trace,
+    )  # fmt: skip
+
+
+def searcher_for(spec: Any) -> Any:
+    """``plan_for``'s plan as a Ray Tune searcher (imports Ray)."""
+    return _make_searcher_class()(
+        maps_of(spec), axes_of(spec), spec.initial, spec.depth, spec.max_trials,
+        spec.num_samples, label_region, groups_of(spec), spec.trace,
+    )  # fmt: skip
+
+
+def replay(spec: Any, label_at: Callable[[int, dict[str, float], int], Label]) -> BoundaryPlan:
+    """The refinement a finished study ran, rebuilt from its trials' labels: the same levels,
+    points and cells as its searcher made, for analysis to draw without Ray's state.
+    ``label_at(map index, axis values, repeat)`` is a trial's label (None: no such trial, or
+    it errored). With labels under another region rule than the study's, the replay follows
+    the labels it is given: points it asks for that never ran are unknown."""
+    plan = plan_for(spec)
+    for i, ref in enumerate(plan.refinements):
+        refine(ref, lambda values, repeat, i=i: label_at(i, values, repeat))
+    return plan

@@ -1,45 +1,49 @@
 """Populations: K runs trained as one model whose weights carry a leading member axis.
 
 A grokking run is tiny: on a GPU one run is bound by kernel launches, not arithmetic. A
-``Population`` trains K runs (its *members*) as one stacked model: every weight is a row of one
-``(K, n_params)`` buffer, every matrix product a batched one (``torch.baddbmm``), the optimizer
-a handful of elementwise ops over the whole buffer, so one stream of launches drives K runs.
-It knows nothing of Ray; ``run(on_eval)`` hands every evaluation's records to the caller.
+``Population`` trains K runs (its *members*) as one stacked model: each member's weights are a
+row of one ``(K, row_length)`` buffer, every matrix product a batched one (``torch.baddbmm``),
+attention one call over K·B rows, the optimizer a dozen elementwise ops over the whole buffer:
+one stream of launches drives K runs. It knows nothing of Ray: ``run(on_eval)`` hands every
+evaluation's records to the caller, and ``save``/``load`` checkpoint the whole population.
 
 Members share what fixes the shapes and the schedule (``SHARED``: the task and its data regime,
-the model's shape, steps, eval_every, warm-up, the optimizer's kind, betas and ε, the loss) and
-the effective batch size. They may differ in everything else a study varies (``MAY_DIFFER``):
-seed (initialisation, batches, dropout, the table's split, the generated data), lr, weight
-decay and decay_scope, dropout, init_scale, frac, batch_size as long as the effective batch is
-the same, the remedies (Grokfast filter and its settings, ⊥Grad, fixed weight norm) and the
-stopping rules. ``population_key`` groups configurations that can share a population and
-``check_population`` refuses a mixed list, naming the setting.
+the model's shape, steps, eval_every, warm-up, the optimizer's kind, betas and ε, the loss and
+its dtype) and the effective batch size (the default batch follows the training set's size:
+``population_key`` groups by it, ``check_population`` refuses a mix). They may differ in
+everything else a study varies (``MAY_DIFFER``): seed (initialisation, batches, dropout, the
+table's split, the generated data), lr, weight decay and decay_scope, dropout, init_scale, frac,
+the remedies (Grokfast filter and its settings, ⊥Grad, fixed weight norm), the accuracy
+threshold and the stopping rules.
 
-Each member is the run ``Trainer(cfg)`` makes:
+Each member is the run ``Trainer(cfg)`` makes: its initial weights (its ``Transformer``, built
+under its seed; ``member_state_dict(i)`` loads back into ``Transformer(model_config(cfg_i,
+layout))``), its batches (its own generator or stream counter over its own training data), the
+loss, the remedies at the same seams (filter, ⊥Grad, AdamW / Adam with its lr, weight decay,
+decay scope and warm-up, fixed weight norm at its own initial norm), the same evaluation records
+and one ``RunEvents`` per member. ``elapsed_s`` is the population's wall-clock time.
 
-- the same initial weights (its ``Transformer``, built under its seed, is a row of the buffer;
-  ``member_state_dict(i)`` loads back into ``Transformer(model_config(cfg_i, layout))``);
-- the same batches (its own generator or stream counter over its own training data);
-- the same loss (``Trainer``'s loss function, vmapped over the members), the remedies at the
-  same seams (Grokfast filter, then ⊥Grad, then the optimizer step, then the fixed weight norm
-  at the member's own initial norm), and AdamW / Adam written with the arithmetic of torch's
-  fused kernel, per-member lr, weight decay, decay scope and warm-up;
-- the same evaluation records (metrics, per-position metrics, Softmax Collapse and logit gap on
-  the training split, weight norm, the task's measures, lr) and the same events and stopping
-  (one ``RunEvents`` per member). ``elapsed_s`` is the population's wall-clock time.
+Exactness. With ``exact`` (the default on CPU) every member goes through the very kernels
+Trainer runs, one member at a time (``chunk`` 1): F.linear, LayerNorm, the fused AdamW step,
+the remedies' own calls, the metrics' sums. Without dropout a member's records and weights are
+then bit for bit those of ``Trainer(cfg).run()`` at the same thread count (the tests compare
+with ==). That takes care: each parameter starts 64 bytes apart in the buffer, weights require
+grad when evaluated, and a linear layer's weight gradient is taken as gᵀx, since BLAS kernels
+and F.linear's dispatch round differently otherwise. On a GPU the default is stacked: every
+member in one pass, LayerNorm's gain and bias and the optimizer over the whole stack. It is the
+same function, rounded differently (agreement to 1e-4 is tested on CPU); training amplifies
+rounding slowly, as it does a change of thread count.
 
-Exactness. The optimizer step is torch's fused AdamW / Adam bit for bit on CPU. The model is the
-same function as ``Transformer`` but not bit for bit: LayerNorm's affine part is a separate op
-here (forward equal, backward rounded differently) and the shared prefix is computed over all
-members' batches at once, so runs agree with ``Trainer`` to float32 rounding, which training
-amplifies slowly (tests/test_population.py holds the curves to it). Dropout: each member draws
-its masks from its own generator, so a member does not depend on who else is in its population,
-but the masks are not the ones ``Trainer`` draws from torch's global generator.
+Dropout: each member draws its masks from its own generator, so a member does not depend on
+who else is in its population; the masks are not those Trainer draws from torch's global
+generator, so runs with dropout match Trainer in distribution only. In a population where any
+member has dropout, every member runs the dropout path (no shared prefix, attention as plain
+matmuls): the same function for members without it, rounded differently.
 
-Stopping. Events are read at evaluations only (as ``Trainer`` does), so a member that has
+Stopping. Events are read at evaluations (as Trainer reads them), so a member that has
 generalized and held, diverged or been called confused leaves the stack at that evaluation:
-nothing of it changes afterwards and it costs nothing. Its final weights are kept; the
-population ends with its last member.
+nothing of it changes afterwards (no step, no decay, no filter state) and it costs nothing. Its
+final weights are kept; the population ends with its last member.
 """
 
 from __future__ import annotations
@@ -73,7 +77,9 @@ MAY_DIFFER = frozenset(
     {
         "seed", "frac", "lr", "weight_decay", "decay_scope", "dropout", "init_scale",
         "batch_size", "grad_filter", "grokfast_alpha", "grokfast_lamb", "grokfast_window",
-        "orthogonal_grad", "fixed_weight_norm", "stop_after_generalized", "confusion_step",
+        "orthogonal_grad", "fixed_weight_norm", "threshold", "stop_after_generalized",
+        "confusion_step",
+        "preset",  # a label: the settings it fills are compared one by one
     }
 )  # fmt: skip
 SHARED = tuple(name for name in TrainConfig.model_fields if name not in MAY_DIFFER)
@@ -177,8 +183,9 @@ class _Linear(torch.autograd.Function):
 
 def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
     """Each member's ``F.linear``: x (K, ..., in), w (K, out, in), b (K, out) or None."""
-    if x.shape[0] == 1:  # one member: F.linear itself, without a Python autograd function
-        return F.linear(x[0], w[0], None if b is None else b[0]).unsqueeze(0)
+    if x.shape[0] == 1:  # one member: F.linear itself (squeeze: a view both ways, no copy)
+        one = F.linear(x.squeeze(0), w.squeeze(0), None if b is None else b.squeeze(0))
+        return one.unsqueeze(0)
     y = _Linear.apply(x.reshape(x.shape[0], -1, x.shape[-1]), w, b)
     return y.view(*x.shape[:-1], w.shape[1])
 
@@ -236,7 +243,7 @@ class StackedTransformer:
 
     It keeps the model's two shortcuts: the last layer computes queries, projection and MLP on
     the predicted positions alone, and a shared prefix ('a ∘' of a table) runs once per distinct
-    prefix among all members' rows (each member on its own weights), not once per row.
+    prefix among each member's rows, not once per row.
     """
 
     def __init__(self, cfg: ModelConfig, per_member_norm: bool = False) -> None:
@@ -288,9 +295,12 @@ class StackedTransformer:
         if not self.cfg.layer_norm:
             return x
         w, b = p[f"{name}.weight"], p[f"{name}.bias"]
+        if self.per_member_norm and x.shape[0] == 1:
+            return F.layer_norm(x.squeeze(0), (x.shape[-1],), w.squeeze(0), b.squeeze(0))[None]
         if self.per_member_norm:
-            out = [F.layer_norm(x[k], (x.shape[-1],), w[k], b[k]) for k in range(x.shape[0])]
-            return out[0].unsqueeze(0) if len(out) == 1 else torch.stack(out)
+            return torch.stack(
+                [F.layer_norm(x[k], (x.shape[-1],), w[k], b[k]) for k in range(x.shape[0])]
+            )
         # normalise, then each member's gain and bias: the forward rounds as the fused kernel
         # (addcmul is one fma), the backward does not
         y = F.layer_norm(x, (x.shape[-1],))
@@ -355,7 +365,7 @@ class StackedTransformer:
             y = att @ values
         elif n_before == 0 and n_q == T:
             y = F.scaled_dot_product_attention(q, keys, values, is_causal=True)
-        else:  # one query at the last position sees every key: no mask needed
+        else:  # (as the model: one query, at the last position, sees every key unmasked)
             y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask if n_q > 1 else None)
         y = y.transpose(1, 2).reshape(K, B, n_q, C)
         return _linear(y, p[pre + "proj.weight"], p.get(pre + "proj.bias")), (k, v)
@@ -403,9 +413,12 @@ def _lr_at(cfg: TrainConfig, step: int) -> float:
 class Population:
     """K runs as one stacked model; ``state_dict``/``load_state_dict`` resume it bit-for-bit.
 
-    ``cfgs`` must pass ``check_population``. ``models``, if given, are the members' initial
-    Transformers (``Transformer(model_config(cfg_i, layout))``); by default each is built under
-    its member's seed, as ``Trainer`` builds it.
+    ``cfgs`` must pass ``check_population``; member i is ``cfgs[i]`` in every method and record.
+    ``models``, if given, are the members' initial Transformers (``Transformer(model_config(
+    cfg_i, layout))``); by default each is built under its member's seed, as Trainer builds it.
+    ``exact`` (default: on CPU) runs LayerNorm, the optimizer and the remedies per member with
+    torch's own kernels; ``chunk`` is how many members share one forward and backward pass
+    (default: 1 on CPU, where a stack of K only loses cache locality; all on a GPU).
     """
 
     def __init__(
@@ -419,12 +432,8 @@ class Population:
         check_population(cfgs)
         self.cfgs = list(cfgs)
         self.device = torch.device(device)
-        # LayerNorm and the optimizer step one member at a time, with torch's own kernels:
-        # bit for bit Trainer on CPU, for a few small launches per member and step (cheap on
-        # CPU, not on a GPU, where they run stacked and agree to rounding)
+        # a few small launches per member and step: cheap on CPU, not on a GPU
         self.exact = self.device.type == "cpu" if exact is None else exact
-        # members per forward and backward pass: on CPU one at a time keeps each member's
-        # activations in cache, as K runs one after another do (a stack of K is slower there)
         self.chunk = (1 if self.device.type == "cpu" else None) if chunk is None else chunk
         cfg0 = self.cfgs[0]
         self.tasks = [make_task(cfg) for cfg in self.cfgs]
@@ -477,7 +486,7 @@ class Population:
         self.histories: list[list[Record]] = [[] for _ in self.cfgs]
         self.events = [
             RunEvents(
-                StoppingRule(c.steps, c.stop_after_generalized, c.confusion_step),
+                StoppingRule(c.steps, c.stop_after_generalized, c.confusion_step, c.threshold),
                 self.layout.position_names,
             )
             for c in self.cfgs
@@ -694,11 +703,11 @@ class Population:
                 apply([SimpleNamespace(grad=g) for g in self._member_tensors(grad, row_of[key[1]])])
             elif len(members) == len(self.active):
                 apply([SimpleNamespace(grad=grad)])
-                continue
-            rows = torch.tensor([row_of[i] for i in members], device=self.device)
-            sub = SimpleNamespace(grad=grad.index_select(0, rows))
-            apply([sub])
-            grad.index_copy_(0, rows, sub.grad)
+            else:
+                rows = torch.tensor([row_of[i] for i in members], device=self.device)
+                sub = SimpleNamespace(grad=grad.index_select(0, rows))
+                apply([sub])
+                grad.index_copy_(0, rows, sub.grad)
 
     def _orthogonalize(self, grad: torch.Tensor) -> None:
         if self.exact:  # Trainer's own call on each member's tensors
@@ -813,6 +822,19 @@ class Population:
             self._eval_cache[which] = _stack_splits([splits[i] for i in self.active], self.device)
         return self._eval_cache[which]
 
+    def _logits(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """The model on every member's rows, ``chunk`` members at a time."""
+        K = x.shape[0]
+        size = min(self.chunk or K, K)
+        if size == K:
+            return self.forward(params, x)
+        return torch.cat(
+            [
+                self.forward({n: p[a : a + size] for n, p in params.items()}, x[a : a + size])
+                for a in range(0, K, size)
+            ]
+        )
+
     @torch.inference_mode()
     def _split_metrics(
         self, params: dict[str, torch.Tensor], data: _Stacked, prefix: str, collapse: bool
@@ -829,7 +851,7 @@ class Population:
         collapsed, gap = torch.zeros_like(rows_right), torch.zeros_like(rows_right)
         for start in range(0, N, m.EVAL_CHUNK):
             x, y = data.x[:, start : start + m.EVAL_CHUNK], data.y[:, start : start + m.EVAL_CHUNK]
-            logits = self.forward(params, x)  # (K, c, P, classes)
+            logits = self._logits(params, x)  # (K, c, P, classes)
             valid = y != IGNORE
             losses = F.cross_entropy(
                 logits.flatten(0, 2).float(), y.flatten(), ignore_index=IGNORE, reduction="none"
@@ -968,7 +990,7 @@ class Population:
         """``Trainer.summary`` for member i, and the population's size."""
         cfg = self.cfgs[i]
         sig = SCOPES.index(cfg.decay_scope)
-        decayed = sum(b - a for a, b, s in self._classes if s[sig])  # as Trainer counts them
+        decayed = sum(b - a for a, b, s in self._tensors if s[sig])  # as Trainer counts them
         return {
             "effective_batch_size": self.batch_size,
             "num_params": self.num_params,
@@ -1040,12 +1062,13 @@ class Population:
             if self._filter_groups.get(key) != list(saved["members"]):
                 raise ValueError("checkpoint's filter groups do not match its members")
             self._filters[key].load_state_dict(saved["state"])
+        # generator states are CPU byte tensors, wherever map_location put them
         for g, s in zip(self.batch_rng, state["batch_rng"], strict=True):
-            g.set_state(s)
+            g.set_state(s.cpu())
         for g, s in zip(self.dropout_rng, state["dropout_rng"], strict=True):
-            g.set_state(s)
+            g.set_state(s.cpu())
         if state["cuda_rng"] and dev.type == "cuda":
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
         self.stream_counter = list(state["stream_counter"])
         self.step = state["step"]
         self.histories = [list(h) for h in state["histories"]]

@@ -184,6 +184,12 @@ def _search_alg(spec: StudySpec, uri: str, concurrency: int) -> Any:
         )
         # without a limit Tune keeps one Optuna trial pending at a time
         return _limited(ConcurrencyLimiter)(searcher, max_concurrent=concurrency)
+    if spec.mode == "boundary":
+        from ray.tune.search import ConcurrencyLimiter
+
+        from grok_tune.boundary import searcher_for
+
+        return _limited(ConcurrencyLimiter)(searcher_for(spec), max_concurrent=concurrency)
     from ray.tune.search import BasicVariantGenerator
 
     # Tune ignores TuneConfig's max_concurrent_trials for a generator that is not a Searcher
@@ -273,13 +279,15 @@ def make_tuner(spec: StudySpec, storage: str, resume: bool, on_cluster: bool = F
     )
     return tune.Tuner(
         trainable,
-        param_space=param_space(spec),
+        # a boundary search makes every trial's settings itself (grok_tune/boundary.py)
+        param_space={} if spec.mode == "boundary" else param_space(spec),
         tune_config=tune.TuneConfig(
             search_alg=_search_alg(spec, uri, concurrency),
             # OptunaSearch owns metric and mode; Tune refuses them twice
             metric=None if optuna else objective.metric,
             mode=None if optuna else objective.mode,
-            num_samples=spec.num_samples,
+            # boundary: trials until the searcher says it is done (repeats are its own)
+            num_samples=-1 if spec.mode == "boundary" else spec.num_samples,
             # one process per concurrent slot, reused by the next trial: no spawn and no torch
             # import per trial
             reuse_actors=True,
@@ -500,7 +508,8 @@ MAX_POINTS_LISTED = 60
 
 def plan(spec: StudySpec, uri: str, exists: bool, address: str | None) -> str:
     """What the study would run, in words: the --dry-run output."""
-    lines = [f"study {spec.name} ({spec.mode}): {spec.num_trials()} trials"]
+    most = "at most " if spec.mode == "boundary" else ""
+    lines = [f"study {spec.name} ({spec.mode}): {most}{spec.num_trials()} trials"]
     if spec.description:
         lines.append(f"  {spec.description}")
     fixed = ", ".join(f"{k}={v}" for k, v in spec.fixed.items())
@@ -517,8 +526,10 @@ def plan(spec: StudySpec, uri: str, exists: bool, address: str | None) -> str:
             lines.append("    " + ", ".join(f"{k}={v}" for k, v in point.items()))
         if len(points) > MAX_POINTS_LISTED:
             lines.append(f"    ... and {len(points) - MAX_POINTS_LISTED} more")
+    if spec.mode == "boundary":
+        lines += _boundary_plan(spec)
     others = {k: d for k, d in spec.distributions.items() if not isinstance(d, Grid)}
-    for key, dist in others.items():
+    for key, dist in others.items() if spec.mode != "boundary" else ():
         lines.append(f"  {key}: {dist.model_dump()} (sampled per trial)")
     if spec.variants:
         lines.append(f"  variants (each crossed with the grid): {len(spec.variants)}")
@@ -538,6 +549,29 @@ def plan(spec: StudySpec, uri: str, exists: bool, address: str | None) -> str:
     lines.append(f"  study directory: {uri} ({state})")
     lines.append("dry run: nothing was started or written")
     return "\n".join(lines)
+
+
+def _boundary_plan(spec: StudySpec) -> list[str]:
+    from grok_tune.boundary import axes_of, maps_of
+
+    axes, maps = axes_of(spec), maps_of(spec)
+    resolution = (spec.initial - 1) * 2**spec.depth + 1
+    first = spec.initial ** len(axes) * spec.num_samples
+    lines = [
+        "  axes, refined where the region changes: "
+        + ", ".join(f"{a.name} [{a.lo:g}, {a.hi:g}]{' (log)' if a.log else ''}" for a in axes),
+        f"  {len(maps)} map(s), each starting with {spec.initial}^{len(axes)} points x "
+        f"{spec.num_samples} repeats = {first} trials, refined {spec.depth} levels deep: the "
+        f"resolution of a {resolution}^{len(axes)} grid",
+    ]
+    grids = {k: d.grid for k, d in spec.distributions.items() if isinstance(d, Grid)}
+    if grids:
+        lines.append(f"  maps: one per point of {', '.join(f'{k} {v}' for k, v in grids.items())}")
+    if spec.same:
+        lines.append(
+            f"  counted as one label: {', '.join('+'.join(map(str, s)) for s in spec.same)}"
+        )
+    return lines
 
 
 def _local_cpus() -> int:
@@ -625,9 +659,13 @@ def _print_summary(
     regions = ", ".join(f"{r}: {counts[r]}" for r in REGIONS if r in counts) or "none"
     status = trials[m.STATUS].value_counts().to_dict()
     running = int(status.get(m.Status.RUNNING, 0))
-    unfinished = running + max(0, spec.num_trials() - len(trials))  # some never started
+    # trials that never started (a boundary search decides its number as it goes: only its
+    # running trials count as unfinished)
+    never = 0 if spec.mode == "boundary" else max(0, spec.num_trials() - len(trials))
+    unfinished = running + never
     finished = len(trials) - running
-    print(f"\nstudy {spec.name}: {finished} of {spec.num_trials()} trials finished")
+    planned = f"at most {spec.num_trials()}" if spec.mode == "boundary" else spec.num_trials()
+    print(f"\nstudy {spec.name}: {finished} of {planned} trials finished")
     print(f"  regions: {regions}; status: {status}")
     print(f"  results:     {paths['trials']}\n               {paths['curves']}")
     print(f"  TensorBoard: tensorboard --logdir {uri}")

@@ -45,6 +45,7 @@ from pydantic import (
 
 from grok_tune import metrics as m
 from grok_tune.config import TrainConfig
+from grok_tune.regions import REGIONS
 
 Scalar = bool | int | float | str | None
 
@@ -168,6 +169,7 @@ class Objective(BaseModel):
 
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+BOUNDARY_KEYS = ("initial", "depth", "max_trials", "same", "trace")
 # Settings of the study that --resume may change: how trials run, never what they compute.
 RESUMABLE = ("max_concurrent", "cpus_per_trial", "gpus_per_trial", "checkpoint_every")
 
@@ -179,7 +181,7 @@ class StudySpec(BaseModel):
 
     name: str = Field(pattern=NAME_PATTERN, description="the study's folder under the storage")
     description: str = ""
-    mode: Literal["grid", "random", "optuna"]
+    mode: Literal["grid", "random", "optuna", "boundary"]
     num_samples: int = Field(1, ge=1, description="grid: repeats of the grid; else: trials")
     seed: int = Field(0, ge=0, description="seed of the random or Optuna sampler")
     objective: Objective = Objective()
@@ -188,6 +190,15 @@ class StudySpec(BaseModel):
     gpus_per_trial: float = Field(0.0, ge=0, description="fractions share a GPU")
     checkpoint_every: int = Field(1000, ge=1, description="steps between trial checkpoints")
     max_failures: int = Field(1, ge=0, description="retries of a crashed trial from a checkpoint")
+    # mode boundary (grok_tune/boundary.py): refine one or two ranges where the region changes
+    initial: int = Field(5, ge=2, le=65, description="boundary: points per axis to start with")
+    depth: int = Field(3, ge=0, le=10, description="boundary: levels of refinement")
+    max_trials: int | None = Field(None, ge=1, description="boundary: at most this many trials")
+    same: list[list[Literal[REGIONS]]] = Field(  # type: ignore[valid-type]
+        default_factory=list,
+        description="boundary: regions counted as one label, e.g. [[grok, generalize]]",
+    )
+    trace: bool = Field(False, description="boundary: follow a region seen between corners")
     params: dict[str, Param] = Field(default_factory=dict)
     # mode grid: bundles of settings, each crossed with the grid (one remedy each, say); a
     # variant's keys are settings the params do not name
@@ -248,7 +259,7 @@ class StudySpec(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> StudySpec:
         for key, param in self.params.items():
-            if isinstance(param, Grid) and self.mode != "grid":
+            if isinstance(param, Grid) and self.mode not in ("grid", "boundary"):
                 raise ValueError(
                     f"params.{key}: grid needs mode: grid (use choice with {self.mode})"
                 )
@@ -265,7 +276,41 @@ class StudySpec(BaseModel):
                 )
         if self.mode == "optuna" and not self.distributions:
             raise ValueError("mode optuna needs at least one param given as a distribution")
+        if self.mode == "boundary":
+            self._check_boundary()
+        else:
+            fields = type(self).model_fields
+            changed = [
+                k
+                for k in BOUNDARY_KEYS
+                if getattr(self, k) != fields[k].get_default(call_default_factory=True)
+            ]
+            if changed:
+                raise ValueError(f"{', '.join(changed)}: only for mode boundary")
         return self
+
+    def _check_boundary(self) -> None:
+        axes = self.axes
+        if not 1 <= len(axes) <= 2:
+            raise ValueError(
+                "mode boundary needs one or two params given as {uniform: [lo, hi]} or "
+                f"{{loguniform: [lo, hi]}} (its axes), got {len(axes)}"
+            )
+        for key, param in self.distributions.items():
+            if not isinstance(param, Uniform | LogUniform | Grid):
+                raise ValueError(
+                    f"params.{key}: mode boundary takes ranges (the axes), grids (one map "
+                    f"each) and fixed values, not {_kind(param)}"
+                )
+        for key in axes:
+            annotation = TrainConfig.model_fields[key].annotation
+            if annotation is not float:
+                raise ValueError(f"params.{key}: a boundary axis must be a real-valued setting")
+
+    @property
+    def axes(self) -> dict[str, Uniform | LogUniform]:
+        """mode boundary: the ranges refined (one or two)."""
+        return {k: d for k, d in self.distributions.items() if isinstance(d, Uniform | LogUniform)}
 
     @property
     def fixed(self) -> dict[str, Scalar]:
@@ -292,6 +337,11 @@ class StudySpec(BaseModel):
         ]
 
     def num_trials(self) -> int:
+        """The trials the study runs (mode boundary: the most it may run)."""
+        if self.mode == "boundary":
+            dense = ((self.initial - 1) * 2**self.depth + 1) ** len(self.axes)
+            most = len(self.grid_points()) * dense * self.num_samples
+            return min(most, self.max_trials) if self.max_trials else most
         return self.num_samples * (len(self.grid_points()) if self.mode == "grid" else 1)
 
 

@@ -135,6 +135,12 @@ CASES = {
         {"fixed_weight_norm": True, "seed": 2},
     ),
     "stablemax": configs({**SMALL, "loss": "stablemax"}, {}, {"seed": 1}),
+    "thresholds_and_stopping": configs(
+        SMALL,
+        {"threshold": 0.3, "stop_after_generalized": 1},
+        {"seed": 1, "threshold": 0.5},
+        {"seed": 2, "confusion_step": 50},
+    ),
 }
 
 
