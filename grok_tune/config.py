@@ -21,8 +21,15 @@ from grok_tune.tasks.tables import OPERATIONS, P_MAX
 #   matrices                    2-D weights incl. embeddings, not biases or norm gains (nanoGPT)
 #   matrices_except_embeddings  2-D weights of the blocks and the head only
 DecayScope = Literal["all", "matrices", "matrices_except_embeddings"]
+# the batch of infinite data when none is set
+INFINITE_BATCH = 512
+
 # the key of a study's trial config holding its variant's settings (a study file's `variants`)
 VARIANT = "variant"
+# the key of a packed study's trial config: the index of its population (members_per_trial)
+PACK = "pack"
+# the key of a packed trial's reports holding each member's record, by member index
+MEMBERS = "members"
 
 
 def flat_settings(config: dict[str, Any]) -> dict[str, Any]:

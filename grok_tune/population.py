@@ -66,82 +66,19 @@ from grok_tune import remedies
 from grok_tune.config import FILTER_READS, DecayScope, TrainConfig
 from grok_tune.events import RunEvents, StoppingRule, phase_outcome, run_phase_changes
 from grok_tune.model import ModelConfig, Transformer
+from grok_tune.packing import (
+    check_population,
+    effective_batch_size,
+    training_examples,
+)
 from grok_tune.tasks import IGNORE, Split, make_task
 from grok_tune.tasks.streams import stream_key
-from grok_tune.tasks.tables import table_size
-from grok_tune.train import INFINITE_BATCH, Record, cross_entropy, model_config
+from grok_tune.train import Record, cross_entropy, model_config
 
-# What a study varies per trial; every other setting fixes a shape or the schedule and is shared.
-# A setting added to TrainConfig is shared until it is listed here.
-MAY_DIFFER = frozenset(
-    {
-        "seed", "frac", "lr", "weight_decay", "decay_scope", "dropout", "init_scale",
-        "batch_size", "grad_filter", "grokfast_alpha", "grokfast_lamb", "grokfast_window",
-        "orthogonal_grad", "fixed_weight_norm", "threshold", "stop_after_generalized",
-        "confusion_step",
-        "preset",  # a label: the settings it fills are compared one by one
-    }
-)  # fmt: skip
-SHARED = tuple(name for name in TrainConfig.model_fields if name not in MAY_DIFFER)
-EFFECTIVE_BATCH = "effective batch size"
 SCOPES: tuple[str, ...] = get_args(DecayScope)
 ALIGN = 16  # floats: 64 bytes, the alignment of torch's CPU allocations
 
 OnEval = Callable[[dict[int, Record], "Population"], None]
-
-
-# --- which configurations can share a population --------------------------------------------------
-def training_examples(cfg: TrainConfig) -> int | None:
-    """The size of the run's training set (None: infinite data), without building the data."""
-    if cfg.infinite_data:
-        return None
-    if cfg.task == "table":  # tables.split_mask's rule; Population checks it against the data
-        return round(cfg.frac * table_size(cfg.op, cfg.p))
-    if isinstance(cfg.train_size, int):
-        return cfg.train_size
-    return len(make_task(cfg).training)
-
-
-def effective_batch_size(cfg: TrainConfig) -> int:
-    """The batch ``Trainer(cfg)`` trains on: the default depends on the training set's size."""
-    n = training_examples(cfg)
-    if n is None:
-        return cfg.batch_size or INFINITE_BATCH
-    return min(cfg.batch_size or min(512, n // 2), n) or 1
-
-
-def population_key(cfg: TrainConfig) -> tuple[tuple[str, Any], ...]:
-    """Equal for configurations that can train in one population: the shared settings and the
-    effective batch size."""
-    return (
-        *((name, getattr(cfg, name)) for name in SHARED),
-        (EFFECTIVE_BATCH, effective_batch_size(cfg)),
-    )
-
-
-def check_population(cfgs: Sequence[TrainConfig]) -> None:
-    """ValueError naming the first setting in which a member differs from member 0."""
-    if not cfgs:
-        raise ValueError("a population needs at least one member")
-    first = population_key(cfgs[0])
-    for i, cfg in enumerate(cfgs[1:], 1):
-        for (name, a), (_, b) in zip(first, population_key(cfg), strict=True):
-            if a != b:
-                raise ValueError(
-                    f"members 0 and {i} cannot share a population: {name} is {a!r} and {b!r} "
-                    f"(members may differ only in {', '.join(sorted(MAY_DIFFER))}, with the "
-                    "same effective batch size)"
-                )
-
-
-def population_groups(cfgs: Sequence[TrainConfig], max_size: int | None = None) -> list[list[int]]:
-    """Indices of ``cfgs`` grouped by ``population_key`` (in order of first appearance), each
-    group cut into populations of at most ``max_size`` members."""
-    groups: dict[tuple, list[int]] = {}
-    for i, cfg in enumerate(cfgs):
-        groups.setdefault(population_key(cfg), []).append(i)
-    size = max_size or len(cfgs) or 1
-    return [g[s : s + size] for g in groups.values() for s in range(0, len(g), size)]
 
 
 # --- the stacked model ----------------------------------------------------------------------------

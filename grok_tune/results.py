@@ -27,7 +27,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from grok_tune import metrics as m
-from grok_tune.config import TrainConfig, flat_settings
+from grok_tune.config import MEMBERS, PACK, TrainConfig, flat_settings
 from grok_tune.events import DEFAULT_PHASE_RULE, PhaseRule, phase_outcome, run_phase_changes
 from grok_tune.layout import CURVES_FILE, PHASES_FILE, TRIAL_ID, TRIALS_FILE
 from grok_tune.regions import DEFAULT_RULE, REGION, REGION_RULE, RegionRule, classify_trials
@@ -67,7 +67,10 @@ _OUTCOME_COLUMNS: dict[str, pa.DataType] = {
     "val_examples": pa.int64(),
     "error": pa.string(),
     "trial_dir": pa.string(),
+    # a packed study (members_per_trial): the configuration's place in its trial's population
+    "member": pa.int64(),
 }
+MEMBER = "member"
 
 
 def _arrow_type(annotation: Any) -> pa.DataType:
@@ -143,6 +146,48 @@ def trial_row(result: Any) -> dict[str, Any]:
     return row
 
 
+def member_rows(result: Any, configs: list[dict[str, Any]]) -> list[tuple[dict, pd.DataFrame]]:
+    """A packed trial's configurations (a population, grok_tune/trainable.py): per member its
+    row of trials.parquet and its curve, read from the trial's reports (``members/<i>/...``)."""
+    df = result.metrics_dataframe
+    tid = _trial_id(result)
+    last_report = dict(result.metrics or {})
+    out = []
+    for i, config in enumerate(configs):
+        prefix = f"{MEMBERS}/{i}/"
+        columns = [c for c in df.columns if c.startswith(prefix)] if df is not None else []
+        curve = (
+            df[columns].rename(columns={c: c[len(prefix) :] for c in columns}) if columns else None
+        )
+        if curve is not None and m.STEP in curve:
+            curve = curve.dropna(subset=[m.STEP]).drop_duplicates(subset=[m.STEP], keep="last")
+            curve = curve.sort_values(m.STEP)
+        last = curve.iloc[-1].to_dict() if curve is not None and len(curve) else {}
+        row: dict[str, Any] = {TRIAL_ID: f"{tid}.{i}", **config_columns(flat_settings(config))}
+        for name in _OUTCOME_COLUMNS:
+            row[name] = _none_if_nan(last.get(name))
+        row[MEMBER] = i
+        for name, value in last.items():
+            if _POSITION_EVENT.match(name):
+                row[name] = _none_if_nan(value)
+        if curve is not None and m.VAL_ACC in curve:
+            row["best_val_acc"] = float(curve[m.VAL_ACC].max())
+        row["wall_time_s"] = last_report.get("time_total_s")
+        row["trial_dir"] = str(Path(result.path) / f"member_{i}")
+        if result.error is not None:
+            row[m.STATUS] = str(m.Status.ERROR)
+            row["error"] = f"{type(result.error).__name__}: {result.error}".strip()[:2000]
+        elif row[m.STATUS] in (None, str(m.Status.RUNNING)):
+            row[m.STATUS] = str(m.Status.RUNNING)
+        frame = pd.DataFrame(columns=[name for name, _ in CURVES_BASE])
+        if curve is not None and m.STEP in curve:
+            keep = [n for n, _ in CURVES_BASE if n in curve and n != TRIAL_ID]
+            keep += [c for c in curve.columns if _POSITION_METRIC.match(c) and c not in keep]
+            frame = curve[keep].assign(**{TRIAL_ID: row[TRIAL_ID]})
+        out.append((row, frame))
+    return out
+
+
 def curve_rows(result: Any) -> pd.DataFrame:
     curve = result.metrics_dataframe
     base = [name for name, _ in CURVES_BASE]
@@ -186,14 +231,26 @@ def _schema(base: list[tuple[str, pa.DataType]], frame: pd.DataFrame) -> pa.Sche
 
 
 def tables(
-    results: Any, rule: RegionRule = DEFAULT_RULE, phase_rule: PhaseRule = DEFAULT_PHASE_RULE
+    results: Any,
+    rule: RegionRule = DEFAULT_RULE,
+    phase_rule: PhaseRule = DEFAULT_PHASE_RULE,
+    packs: list[list[dict[str, Any]]] | None = None,
 ) -> tuple[pa.Table, pa.Table, pa.Table]:
-    """(trials, curves, phases) Arrow tables from a ray.tune ResultGrid (or a list of Results)."""
-    rows = [trial_row(r) for r in results]
+    """(trials, curves, phases) Arrow tables from a ray.tune ResultGrid (or a list of Results);
+    ``packs``: a packed study's populations, whose members become one row each."""
+    rows, curve_frames = [], []
+    for result in results:
+        pack = (result.config or {}).get(PACK)
+        if packs is not None and pack is not None:
+            for row, curve in member_rows(result, packs[pack]):
+                rows.append(row)
+                curve_frames.append(curve)
+        else:
+            rows.append(trial_row(result))
+            curve_frames.append(curve_rows(result))
     trials = pd.DataFrame(rows).reindex(
         columns=list(dict.fromkeys([n for n, _ in TRIALS_BASE] + [k for r in rows for k in r]))
     )
-    curve_frames = [curve_rows(r) for r in results]
     curves = pd.concat(curve_frames, ignore_index=True) if curve_frames else pd.DataFrame()
     curves = curves.reindex(
         columns=list(dict.fromkeys([n for n, _ in CURVES_BASE] + list(curves.columns)))
@@ -205,14 +262,23 @@ def tables(
     trials = classify_trials(trials, curves, rule).sort_values(TRIAL_ID, ignore_index=True)
     trials_schema, curves_schema = _schema(TRIALS_BASE, trials), _schema(CURVES_BASE, curves)
     return (
-        pa.Table.from_pandas(_to_objects(trials), schema=trials_schema, preserve_index=False),
-        pa.Table.from_pandas(_to_objects(curves), schema=curves_schema, preserve_index=False),
+        pa.Table.from_pandas(
+            _to_objects(trials, trials_schema), schema=trials_schema, preserve_index=False
+        ),
+        pa.Table.from_pandas(
+            _to_objects(curves, curves_schema), schema=curves_schema, preserve_index=False
+        ),
         pa.Table.from_pandas(_to_objects(phases), schema=PHASES_SCHEMA, preserve_index=False),
     )
 
 
-def _to_objects(df: pd.DataFrame) -> pd.DataFrame:
-    # pandas NaN/NA -> None so that Arrow stores nulls in integer and string columns
+def _to_objects(df: pd.DataFrame, schema: pa.Schema | None = None) -> pd.DataFrame:
+    # pandas NaN/NA -> None so that Arrow stores nulls in integer and string columns; integer
+    # columns read back from CSV reports as floats (100.0) become integers again
+    df = df.copy()
+    for field in schema or []:
+        if pa.types.is_integer(field.type) and field.name in df:
+            df[field.name] = pd.to_numeric(df[field.name]).astype("Int64")
     return df.astype(object).where(df.notna(), None)
 
 
@@ -223,8 +289,13 @@ def write_atomic(table: pa.Table, uri: str) -> None:
     fs.move(tmp, path)
 
 
-def write_results(results: Any, study_uri: str, rule: RegionRule = DEFAULT_RULE) -> dict[str, str]:
-    trials, curves, phases = tables(results, rule)
+def write_results(
+    results: Any,
+    study_uri: str,
+    rule: RegionRule = DEFAULT_RULE,
+    packs: list[list[dict[str, Any]]] | None = None,
+) -> dict[str, str]:
+    trials, curves, phases = tables(results, rule, packs=packs)
     paths = {
         "trials": f"{study_uri}/{TRIALS_FILE}",
         "curves": f"{study_uri}/{CURVES_FILE}",

@@ -31,7 +31,7 @@ import yaml
 
 from grok_tune import metrics as m
 from grok_tune.cli import Parser
-from grok_tune.config import VARIANT
+from grok_tune.config import PACK, VARIANT
 from grok_tune.layout import (
     DEFAULT_STORAGE,
     OPTUNA_FILE,
@@ -68,6 +68,7 @@ FLAGS = {
     "max_concurrent": "--max-concurrent",
     "cpus_per_trial": "--cpus-per-trial",
     "gpus_per_trial": "--gpus-per-trial",
+    "members_per_trial": "--members-per-trial",
 }
 
 
@@ -84,6 +85,9 @@ def build_parser() -> Parser:
     p.add_argument("--max-concurrent", help="trials at once (default CPUs // cpus-per-trial)")
     p.add_argument("--cpus-per-trial")
     p.add_argument("--gpus-per-trial", help="fractions let trials share a GPU, e.g. 0.25")
+    p.add_argument(
+        "--members-per-trial", help="configurations trained as one population per trial (GPU)"
+    )
     p.add_argument("--address", help="a running Ray cluster (host:port or 'auto'); default: local")
     p.add_argument("--resume", action="store_true", help="continue an interrupted study")
     p.add_argument(
@@ -121,6 +125,45 @@ def param_space(spec: StudySpec) -> dict[str, Any]:
     if spec.variants:  # a trial's settings: its variant's merged in (grok_tune.trainable)
         space[VARIANT] = tune.grid_search(spec.variants)
     return space
+
+
+def member_configs(spec: StudySpec) -> list[dict[str, Any]]:
+    """A grid or random study's configurations, one per trial it would run unpacked: the grid's
+    points (each repeat in turn), or ``num_samples`` draws from the distributions."""
+    if spec.mode == "grid":
+        return [{**spec.fixed, **p} for _ in range(spec.num_samples) for p in spec.grid_points()]
+    import numpy as np
+
+    rng = np.random.default_rng(spec.seed)
+
+    def draw(dist: Distribution) -> Any:
+        kind = next(iter(type(dist).model_fields))
+        value = getattr(dist, kind)
+        if kind == "uniform":
+            return float(rng.uniform(*value))
+        if kind == "loguniform":
+            return float(np.exp(rng.uniform(np.log(value[0]), np.log(value[1]))))
+        if kind == "int":
+            return int(rng.integers(value[0], value[1] + 1))
+        return value[int(rng.integers(len(value)))]
+
+    return [
+        {**spec.fixed, **{k: draw(d) for k, d in spec.distributions.items()}}
+        for _ in range(spec.num_samples)
+    ]
+
+
+def packs_of(spec: StudySpec) -> list[list[dict[str, Any]]]:
+    """The study's configurations packed into populations of at most ``members_per_trial``
+    (grok_tune/packing.py: members share the task, the model's shape and the schedule)."""
+    from grok_tune.config import TrainConfig, flat_settings
+    from grok_tune.packing import population_groups
+
+    configs = member_configs(spec)
+    groups = population_groups(
+        [TrainConfig(**flat_settings(c)) for c in configs], spec.members_per_trial
+    )
+    return [[configs[i] for i in group] for group in groups]
 
 
 def _concurrency(spec: StudySpec) -> int:
@@ -250,9 +293,18 @@ def make_tuner(spec: StudySpec, storage: str, resume: bool, on_cluster: bool = F
     from grok_tune.trainable import grokking_trial
 
     uri = study_uri(storage, spec.name)
+    packed = spec.members_per_trial > 1
+    if packed:
+        from grok_tune.trainable import population_trial
+
+        packs = packs_of(spec)
+        function = tune.with_parameters(
+            population_trial, packs=packs, checkpoint_every=spec.checkpoint_every
+        )
+    else:
+        function = tune.with_parameters(grokking_trial, checkpoint_every=spec.checkpoint_every)
     trainable = tune.with_resources(
-        tune.with_parameters(grokking_trial, checkpoint_every=spec.checkpoint_every),
-        {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial},
+        function, {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial}
     )
     concurrency = _concurrency(spec)
     if resume:
@@ -279,15 +331,24 @@ def make_tuner(spec: StudySpec, storage: str, resume: bool, on_cluster: bool = F
     )
     return tune.Tuner(
         trainable,
-        # a boundary search makes every trial's settings itself (grok_tune/boundary.py)
-        param_space={} if spec.mode == "boundary" else param_space(spec),
+        # a boundary search makes every trial's settings itself (grok_tune/boundary.py); a
+        # packed study's trial is its index into the packs
+        param_space=(
+            {}
+            if spec.mode == "boundary"
+            else {PACK: tune.grid_search(list(range(len(packs))))}
+            if packed
+            else param_space(spec)
+        ),
         tune_config=tune.TuneConfig(
             search_alg=_search_alg(spec, uri, concurrency),
-            # OptunaSearch owns metric and mode; Tune refuses them twice
-            metric=None if optuna else objective.metric,
-            mode=None if optuna else objective.mode,
-            # boundary: trials until the searcher says it is done (repeats are its own)
-            num_samples=-1 if spec.mode == "boundary" else spec.num_samples,
+            # OptunaSearch owns metric and mode; Tune refuses them twice;
+            # a packed trial reports its members' metrics nested: Tune checks no metric then
+            metric=None if optuna or packed else objective.metric,
+            mode=None if optuna or packed else objective.mode,
+            # boundary: trials until the searcher says it is done (repeats are its own); packs
+            # hold the repeats
+            num_samples=-1 if spec.mode == "boundary" else 1 if packed else spec.num_samples,
             # one process per concurrent slot, reused by the next trial: no spawn and no torch
             # import per trial
             reuse_actors=True,
@@ -474,11 +535,12 @@ def _resolve_resume(args: argparse.Namespace, storage: str) -> StudySpec:
                 f"{', '.join(fixed)}: only {', '.join(RESUMABLE)} may change on --resume"
             )
         changes.update({k: getattr(given, k) for k in RESUMABLE})
-    if args.num_samples is not None:
-        raise Refused(
-            "--num-samples: cannot change on --resume (the number of trials is part of the "
-            "search, fixed when the study began)"
-        )
+    for key in ("num_samples", "members_per_trial"):
+        if getattr(args, key) is not None:
+            raise Refused(
+                f"{FLAGS[key]}: cannot change on --resume (how the study's configurations are "
+                "laid out in trials is fixed when it began)"
+            )
     overrides = {key: (getattr(args, key), flag) for key, flag in FLAGS.items() if key in RESUMABLE}
     return parse_spec({**stored.model_dump(mode="json"), **changes}, where, overrides)
 
@@ -634,7 +696,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from grok_tune.results import write_results
 
-    paths = write_results(results, uri)
+    paths = write_results(
+        results, uri, packs=packs_of(spec) if spec.members_per_trial > 1 else None
+    )
     if spec.mode == "optuna" and is_uri(uri):
         journal = Path("~/.grok_tune/optuna").expanduser() / f"{spec.name}.journal"
         _write_text(f"{uri}/{OPTUNA_FILE}", journal.read_text())

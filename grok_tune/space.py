@@ -190,6 +190,11 @@ class StudySpec(BaseModel):
     gpus_per_trial: float = Field(0.0, ge=0, description="fractions share a GPU")
     checkpoint_every: int = Field(1000, ge=1, description="steps between trial checkpoints")
     max_failures: int = Field(1, ge=0, description="retries of a crashed trial from a checkpoint")
+    members_per_trial: int = Field(
+        1, ge=1, le=4096,
+        description="grid/random: configurations trained as one population per trial (a GPU "
+        "runs many at once; 1 on CPU, where it gains nothing)",
+    )  # fmt: skip
     # mode boundary (grok_tune/boundary.py): refine one or two ranges where the region changes
     initial: int = Field(5, ge=2, le=65, description="boundary: points per axis to start with")
     depth: int = Field(3, ge=0, le=10, description="boundary: levels of refinement")
@@ -276,6 +281,11 @@ class StudySpec(BaseModel):
                 )
         if self.mode == "optuna" and not self.distributions:
             raise ValueError("mode optuna needs at least one param given as a distribution")
+        if self.members_per_trial > 1 and self.mode not in ("grid", "random"):
+            raise ValueError(
+                f"members_per_trial: packs grid and random studies; mode {self.mode} asks for "
+                "one trial at a time"
+            )
         if self.mode == "boundary":
             self._check_boundary()
         else:

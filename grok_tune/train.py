@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from grok_tune import metrics as m
 from grok_tune import remedies
 from grok_tune.cli import Parser
-from grok_tune.config import TrainConfig
+from grok_tune.config import INFINITE_BATCH, TrainConfig
 from grok_tune.events import RunEvents, StoppingRule, phase_outcome, run_phase_changes
 from grok_tune.model import ModelConfig, Transformer
 from grok_tune.tasks import IGNORE, Layout, Split, make_task
@@ -40,7 +40,6 @@ from grok_tune.tasks import IGNORE, Layout, Split, make_task
 Record = dict[str, Any]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ParamsHook = Callable[[list[torch.nn.Parameter]], Any]
-INFINITE_BATCH = 512  # batch size of infinite data when none is set
 
 
 def model_config(cfg: TrainConfig, layout: Layout) -> ModelConfig:

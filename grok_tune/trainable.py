@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import platform
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,39 +17,60 @@ import ray
 from ray import tune
 
 from grok_tune import metrics as m
-from grok_tune.config import TrainConfig, flat_settings
+from grok_tune.config import MEMBERS, PACK, TrainConfig, flat_settings
+from grok_tune.layout import STATE_FILE
 
 if TYPE_CHECKING:
+    from grok_tune.population import Population
     from grok_tune.train import Trainer
+
+
+def _device() -> str:
+    """The trial's device, and its threads: what Ray gave it."""
+    import torch
+
+    resources = tune.get_context().get_trial_resources().required_resources
+    # one intra-op thread per CPU Ray gave the trial: two trials on two cores beat one on both
+    torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
+    # Ray sets CUDA_VISIBLE_DEVICES to the trial's GPU, so "cuda" is the one it assigned
+    return "cuda" if resources.get("GPU", 0) > 0 and torch.cuda.is_available() else "cpu"
+
+
+def _where(device: str) -> dict[str, Any]:
+    import torch
+
+    return {
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "node": platform.node(),
+        "node_id": ray.get_runtime_context().get_node_id(),
+    }
+
+
+def _report(metrics: dict[str, Any], save: Callable[[Path], None] | None) -> None:
+    """tune.report, with a checkpoint written by ``save`` into a folder when given."""
+    if save is None:
+        tune.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as d:
+        save(Path(d) / STATE_FILE)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
 
 def grokking_trial(config: dict[str, Any], checkpoint_every: int = 1000) -> None:
     # torch loads here, in the trial's process: the driver only pickles this function
-    import torch
-
-    from grok_tune.layout import STATE_FILE
     from grok_tune.tensorboard_log import TrialLog
     from grok_tune.train import Trainer
 
     cfg = TrainConfig(**flat_settings(config))
     ctx = tune.get_context()
-    resources = ctx.get_trial_resources().required_resources
-    # one intra-op thread per CPU Ray gave the trial: two trials on two cores beat one on both
-    torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
-    # Ray sets CUDA_VISIBLE_DEVICES to the trial's GPU, so "cuda" is the one it assigned
-    device = "cuda" if resources.get("GPU", 0) > 0 and torch.cuda.is_available() else "cpu"
+    device = _device()
     trainer = Trainer(cfg, device)
 
     checkpoint = tune.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
             trainer.load(Path(d) / STATE_FILE)
-    where = {
-        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-        "node": platform.node(),
-        "node_id": ray.get_runtime_context().get_node_id(),
-        **trainer.summary(),
-    }
+    where = {**_where(device), **trainer.summary()}
     # a resumed trial re-logs what came after its checkpoint, which logged its own step
     resume_step = trainer.step + 1 if checkpoint else None
     log = TrialLog(
@@ -61,13 +83,8 @@ def grokking_trial(config: dict[str, Any], checkpoint_every: int = 1000) -> None
         nonlocal reported
         reported = True
         log.evaluation(record)
-        metrics = {**record, **where}
-        if record[m.DONE] or (record[m.STEP] and record[m.STEP] % checkpoint_every == 0):
-            with tempfile.TemporaryDirectory() as d:
-                t.save(Path(d) / STATE_FILE)
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
-        else:
-            tune.report(metrics)
+        due = record[m.DONE] or (record[m.STEP] and record[m.STEP] % checkpoint_every == 0)
+        _report({**record, **where}, t.save if due else None)
 
     final = trainer.run(on_eval)
     if not reported:
@@ -75,3 +92,54 @@ def grokking_trial(config: dict[str, Any], checkpoint_every: int = 1000) -> None
         # the study: nothing to train, but Tune must still hear the outcome
         tune.report({**final, **where})
     log.finish({**final, **trainer.phases()})
+
+
+def population_trial(
+    config: dict[str, Any], packs: list[list[dict[str, Any]]], checkpoint_every: int = 1000
+) -> None:
+    """A packed study's trial: the configurations of pack ``config["pack"]`` trained as one
+    population (grok_tune/population.py). Every evaluation reports each member's record under
+    ``members`` (member index -> record); each member has its own TensorBoard run in the trial
+    folder's ``member_<i>``; a checkpoint holds the whole population."""
+    from grok_tune.population import Population
+    from grok_tune.tensorboard_log import TrialLog
+
+    cfgs = [TrainConfig(**flat_settings(c)) for c in packs[config[PACK]]]
+    ctx = tune.get_context()
+    device = _device()
+    population = Population(cfgs, device)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            population.load(Path(d) / STATE_FILE)
+    where = [{**_where(device), **population.summary(i)} for i in range(len(cfgs))]
+    resume_step = population.step + 1 if checkpoint else None
+    positions = population.layout.position_names
+    logs = [
+        TrialLog(Path(ctx.get_trial_dir()) / member_dir(i), {**cfg.used(), **where[i]},
+                 resume_step, positions)
+        for i, cfg in enumerate(cfgs)
+    ]  # fmt: skip
+    reported = False
+
+    def on_eval(records: dict[int, dict[str, Any]], p: Population) -> None:
+        nonlocal reported
+        reported = True
+        for i, record in records.items():
+            logs[i].evaluation(record)
+        members = {str(i): {**r, **where[i]} for i, r in records.items()}
+        metrics = {MEMBERS: members, m.STEP: p.step, m.DONE: not p.active}
+        due = not p.active or (p.step and p.step % checkpoint_every == 0)
+        _report(metrics, p.save if due else None)
+
+    finals = population.run(on_eval)
+    if not reported:  # restored from its final checkpoint: Tune must still hear the outcome
+        members = {str(i): {**r, **where[i]} for i, r in enumerate(finals)}
+        tune.report({MEMBERS: members, m.STEP: population.step, m.DONE: True})
+    for i, log in enumerate(logs):
+        log.finish({**finals[i], **population.phases(i)})
+
+
+def member_dir(i: int) -> str:
+    """A population member's folder in its trial's folder (its TensorBoard run)."""
+    return f"member_{i}"

@@ -1,10 +1,11 @@
 """Populations: K runs trained as one stacked model give each member the run Trainer gives it.
 
-On CPU a population runs LayerNorm and the optimizer step one member at a time with torch's own
-kernels (``exact``), so without dropout a member's record and weights are bit for bit those of
-``Trainer(cfg).run()``: the tests compare with ``==`` (NaN equal to NaN), not a tolerance. The
-stacked path (every member in one pass: the GPU path) rounds differently and is held to the
-exact one within a tolerance measured here (see test_stacked_path_agrees_to_rounding).
+On CPU a population runs every member through the very kernels Trainer runs, one member at a
+time (``exact``, ``chunk`` 1), so without dropout a member's records and weights are bit for bit
+those of ``Trainer(cfg).run()`` at the same thread count: the tests compare with ``==`` (NaN
+equal to NaN), not a tolerance. The stacked path (every member in one pass: the GPU path) rounds
+differently and is held to the exact one within a tolerance measured here (see
+test_stacked_path_agrees_to_rounding). One thread, tiny models: about 40 s in all.
 """
 
 import math
@@ -14,14 +15,14 @@ import torch
 
 from grok_tune import metrics as m
 from grok_tune.model import Transformer
-from grok_tune.population import (
+from grok_tune.packing import (
     EFFECTIVE_BATCH,
-    Population,
     check_population,
     effective_batch_size,
     population_groups,
     population_key,
 )
+from grok_tune.population import Population
 from grok_tune.train import TrainConfig, Trainer, model_config
 
 # x+y mod 23 on a 1-layer width-32 model: a few seconds for a handful of runs

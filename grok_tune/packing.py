@@ -1,0 +1,79 @@
+"""Which runs can train as one population (grok_tune/population.py), without torch: the study
+driver packs a study's configurations into Ray trials with these rules.
+
+Members share what fixes the shapes and the schedule (``SHARED``) and the effective batch size
+(the default batch follows the training set's size); they may differ in ``MAY_DIFFER``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from grok_tune.config import INFINITE_BATCH, TrainConfig
+from grok_tune.tasks.tables import table_size
+
+# What a study varies per trial; every other setting fixes a shape or the schedule and is shared.
+# A setting added to TrainConfig is shared until it is listed here.
+MAY_DIFFER = frozenset(
+    {
+        "seed", "frac", "lr", "weight_decay", "decay_scope", "dropout", "init_scale",
+        "batch_size", "grad_filter", "grokfast_alpha", "grokfast_lamb", "grokfast_window",
+        "orthogonal_grad", "fixed_weight_norm", "threshold", "stop_after_generalized",
+        "confusion_step",
+        "preset",  # a label: the settings it fills are compared one by one
+    }
+)  # fmt: skip
+SHARED = tuple(name for name in TrainConfig.model_fields if name not in MAY_DIFFER)
+EFFECTIVE_BATCH = "effective batch size"
+
+
+def training_examples(cfg: TrainConfig) -> int | None:
+    """The size of the run's training set (None: infinite data), without building the data."""
+    if cfg.infinite_data:
+        return None
+    if cfg.task == "table":  # tables.split_mask's rule; Population checks it against the data
+        return round(cfg.frac * table_size(cfg.op, cfg.p))
+    return int(cfg.train_size)  # a generated task's size (its default filled in)
+
+
+def effective_batch_size(cfg: TrainConfig) -> int:
+    """The batch ``Trainer(cfg)`` trains on: the default depends on the training set's size."""
+    n = training_examples(cfg)
+    if n is None:
+        return cfg.batch_size or INFINITE_BATCH
+    return min(cfg.batch_size or min(512, n // 2), n) or 1
+
+
+def population_key(cfg: TrainConfig) -> tuple[tuple[str, Any], ...]:
+    """Equal for configurations that can train in one population: the shared settings and the
+    effective batch size."""
+    return (
+        *((name, getattr(cfg, name)) for name in SHARED),
+        (EFFECTIVE_BATCH, effective_batch_size(cfg)),
+    )
+
+
+def check_population(cfgs: Sequence[TrainConfig]) -> None:
+    """ValueError naming the first setting in which a member differs from member 0."""
+    if not cfgs:
+        raise ValueError("a population needs at least one member")
+    first = population_key(cfgs[0])
+    for i, cfg in enumerate(cfgs[1:], 1):
+        for (name, a), (_, b) in zip(first, population_key(cfg), strict=True):
+            if a != b:
+                raise ValueError(
+                    f"members 0 and {i} cannot share a population: {name} is {a!r} and {b!r} "
+                    f"(members may differ only in {', '.join(sorted(MAY_DIFFER))}, with the "
+                    "same effective batch size)"
+                )
+
+
+def population_groups(cfgs: Sequence[TrainConfig], max_size: int | None = None) -> list[list[int]]:
+    """Indices of ``cfgs`` grouped by ``population_key`` (in order of first appearance), each
+    group cut into populations of at most ``max_size`` members."""
+    groups: dict[tuple, list[int]] = {}
+    for i, cfg in enumerate(cfgs):
+        groups.setdefault(population_key(cfg), []).append(i)
+    size = max_size or len(cfgs) or 1
+    return [g[s : s + size] for g in groups.values() for s in range(0, len(g), size)]

@@ -1,0 +1,110 @@
+"""Packed studies (members_per_trial): configurations trained as populations inside Ray trials,
+each still one row of trials.parquet, one TensorBoard run, and resumable when killed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from grok_tune import metrics as m
+from grok_tune import search
+from grok_tune.results import read_curves, read_trials
+
+from .conftest import TINY_PARAMS
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+SPEC = {
+    "name": "packed",
+    "mode": "grid",
+    "members_per_trial": 3,
+    "checkpoint_every": 100,
+    "params": {
+        **TINY_PARAMS, "frac": 0.7, "steps": 400, "stop_after_generalized": None,
+        "weight_decay": {"grid": [0.0, 1.0]}, "seed": {"grid": [0, 1]},
+    },
+}  # fmt: skip
+OUTCOME = [
+    "weight_decay", "seed", m.STATUS, m.STEPS_TO_MEMORIZE, m.STEPS_TO_GENERALIZE, m.STEP,
+    m.TRAIN_LOSS, m.VAL_LOSS, m.VAL_ACC, m.WEIGHT_NORM,
+]  # fmt: skip
+
+
+def run(tmp: Path, spec: dict, name: str) -> Path:
+    space = tmp / f"{name}.yaml"
+    space.write_text(yaml.safe_dump({**spec, "name": name}))
+    assert search.main(["--space", str(space), "--storage", str(tmp)]) == 0
+    return tmp / name
+
+
+def outcomes(study: Path) -> pd.DataFrame:
+    trials = read_trials(str(study))
+    return trials[OUTCOME].sort_values(["weight_decay", "seed"], ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("packs")
+    packed = run(tmp, SPEC, "packed")
+    single = run(tmp, {**SPEC, "members_per_trial": 1}, "single")
+    return packed, single
+
+
+def test_a_packed_study_has_a_row_and_a_run_per_configuration(studies):
+    packed, _ = studies
+    trials = read_trials(str(packed))
+    assert len(trials) == 4 and trials["trial_id"].is_unique
+    assert sorted(trials["member"].tolist()) == [0, 0, 1, 2]  # packs of 3 and 1
+    curves = read_curves(str(packed))
+    assert set(curves["trial_id"]) == set(trials["trial_id"])
+    assert (curves.groupby("trial_id")[m.STEP].max() == 400).all()
+    for trial_dir in trials["trial_dir"]:
+        assert Path(trial_dir).name.startswith("member_")
+        assert list(Path(trial_dir).glob("events.out.tfevents.*"))
+
+
+def test_a_packed_study_ends_as_the_unpacked_one(studies):
+    # a population member on CPU is its Trainer run, bit for bit (grok_tune/population.py)
+    packed, single = studies
+    pd.testing.assert_frame_equal(outcomes(packed), outcomes(single))
+
+
+def test_a_killed_packed_study_resumes_to_the_same_outcomes(studies, tmp_path, ray_session):
+    packed, _ = studies
+    space = tmp_path / "packed.yaml"
+    space.write_text(yaml.safe_dump(SPEC))
+    store = tmp_path / "store"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "grok_tune.search", "--space", str(space),
+         "--storage", str(store), "--address", ray_session],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"},
+    )  # fmt: skip
+    study = store / "packed"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not list(study.glob("*/checkpoint_*")):
+        time.sleep(0.2)
+    time.sleep(1.0)
+    assert proc.poll() is None, "the study finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert search.main(["--resume", "--name", "packed", "--storage", str(store)]) == 0
+    pd.testing.assert_frame_equal(outcomes(study), outcomes(packed))
+
+
+def test_members_per_trial_is_refused_where_it_cannot_pack(tmp_path, capsys):
+    spec = {**SPEC, "mode": "optuna", "params": {**TINY_PARAMS, "frac": {"uniform": [0.3, 0.8]}}}
+    space = tmp_path / "o.yaml"
+    space.write_text(yaml.safe_dump(spec))
+    with pytest.raises(SystemExit):
+        search.main(["--space", str(space), "--storage", str(tmp_path / "s"), "--dry-run"])
+    assert "members_per_trial: packs grid and random studies" in capsys.readouterr().err
