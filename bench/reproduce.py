@@ -15,7 +15,7 @@ nanda          nanda2023 as it is (full size): steps to 99% validation accuracy,
 power_x/y      power2022 (x/y mod 97, 50% of the data), budget 20k: steps to 99% validation.
 grokfast_ma    grokfast2024 (Grokfast-MA, wd 0.01): steps to 95% validation.
 grokfast_ema   grokfast2024 with the EMA filter (alpha 0.98, lambda 2, wd 0.005).
-grokfast_base  grokfast2024 without a filter and weight decay 0 (their baseline), budget 60k.
+grokfast_base  grokfast2024 without a filter and weight decay 0 (their baseline), budget 20k.
 prieto_ortho   prieto2025 (⊥Grad, AdamW weight decay 0), budget 3k: generalizes?
 prieto_base    prieto2025 without ⊥Grad (AdamW, weight decay 0): memorizes only?
 liu_*          four points of the learning-rate x weight-decay diagram on the project's small
@@ -50,7 +50,7 @@ RUNS: dict[str, tuple[dict[str, Any], str]] = {
                       "grokfast_lamb": 2.0, "weight_decay": 0.005, "eval_every": 10},
                      "95% at 910 steps"),
     "grokfast_base": ({"preset": "grokfast2024", "grad_filter": "none", "weight_decay": 0.0,
-                       "steps": 60_000, "eval_every": 200}, "95% at 39,890 steps"),
+                       "steps": 20_000, "eval_every": 200}, "95% at 39,890 steps"),
     "prieto_ortho": ({"preset": "prieto2025", "steps": 3000, "eval_every": 50},
                      "⊥Grad, wd 0: generalizes, no delay (their transformer, Fig. 6)"),
     "prieto_base": ({"preset": "prieto2025", "orthogonal_grad": False, "steps": 3000,

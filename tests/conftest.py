@@ -30,3 +30,36 @@ TINY_PARAMS = {
     "d_mlp": 256,
     "eval_every": 50,
 }
+
+
+def kill_study_when(space, storage, address: str, ready, timeout: float = 240.0) -> None:
+    """Run a study in its own process on the session's cluster and SIGKILL it once
+    ``ready(study_dir)`` holds, as a crash would (Tune snapshots its state every second)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import yaml
+
+    name = yaml.safe_load(Path(space).read_text())["name"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "grok_tune.search", "--space", str(space),
+         "--storage", str(storage), "--address", address],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"},
+    )  # fmt: skip
+    study = Path(storage) / name
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not ready(study):
+        time.sleep(0.2)
+    time.sleep(1.0)
+    assert proc.poll() is None, "the study finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def any_trial_done(study) -> bool:
+    return any('"done_training": true' in p.read_text() for p in study.glob("*/result.json"))

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -20,7 +15,7 @@ from grok_tune import search
 from grok_tune.regions import REGION
 from grok_tune.results import read_trials
 
-from .conftest import TINY_PARAMS
+from .conftest import TINY_PARAMS, any_trial_done, kill_study_when
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -84,24 +79,9 @@ def test_killed_boundary_study_resumes_to_the_same_points(reference, tmp_path, r
     space = tmp_path / "edge.yaml"
     space.write_text(yaml.safe_dump(SPEC))
     store = tmp_path / "store"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "grok_tune.search", "--space", str(space),
-         "--storage", str(store), "--address", ray_session],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"},
-    )  # fmt: skip
+    # killed once a trial has finished (the searcher has a label) and others still run
+    kill_study_when(space, store, ray_session, any_trial_done)
     study = store / "edge"
-    deadline = time.monotonic() + 240
-    # kill once a trial has finished (the searcher has a label) and others still run
-    while time.monotonic() < deadline and not any(
-        '"done_training": true' in p.read_text() for p in study.glob("*/result.json")
-    ):
-        time.sleep(0.2)
-    time.sleep(1.0)
-    assert proc.poll() is None, "the study finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
     assert search.main(["--resume", "--name", "edge", "--storage", str(store)]) == 0
     resumed = read_trials(str(study))
     assert resumed["trial_id"].is_unique

@@ -3,11 +3,6 @@ each still one row of trials.parquet, one TensorBoard run, and resumable when ki
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -18,7 +13,7 @@ from grok_tune import metrics as m
 from grok_tune import search
 from grok_tune.results import read_curves, read_trials
 
-from .conftest import TINY_PARAMS
+from .conftest import TINY_PARAMS, kill_study_when
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -82,21 +77,8 @@ def test_a_killed_packed_study_resumes_to_the_same_outcomes(studies, tmp_path, r
     space = tmp_path / "packed.yaml"
     space.write_text(yaml.safe_dump(SPEC))
     store = tmp_path / "store"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "grok_tune.search", "--space", str(space),
-         "--storage", str(store), "--address", ray_session],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"},
-    )  # fmt: skip
     study = store / "packed"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and not list(study.glob("*/checkpoint_*")):
-        time.sleep(0.2)
-    time.sleep(1.0)
-    assert proc.poll() is None, "the study finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_study_when(space, store, ray_session, lambda s: bool(list(s.glob("*/checkpoint_*"))))
     assert search.main(["--resume", "--name", "packed", "--storage", str(store)]) == 0
     pd.testing.assert_frame_equal(outcomes(study), outcomes(packed))
 

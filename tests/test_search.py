@@ -1,7 +1,6 @@
 """Studies end to end on a real local Ray (one session for all tests, see conftest.py)."""
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from grok_tune import search
 from grok_tune.regions import REGION, Region
 from grok_tune.results import read_curves, read_trials
 
-from .conftest import TINY_PARAMS
+from .conftest import TINY_PARAMS, any_trial_done, kill_study_when
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -233,19 +232,12 @@ def reference_outcomes(tmp_path_factory):
     return outcomes(tmp / "resumable")
 
 
-def _any_trial_done(study: Path) -> bool:
-    for result in study.glob("*/result.json"):
-        if '"done_training": true' in result.read_text():
-            return True
-    return False
-
-
 # the moments a driver may die: before any trial has a checkpoint, once one has, and once a
 # trial has finished while others still run
 KILL_MOMENTS = {
     "started": lambda study: bool(list(study.glob("*/result.json"))),
     "checkpointed": lambda study: bool(list(study.glob("*/checkpoint_*"))),
-    "one finished": _any_trial_done,
+    "one finished": any_trial_done,
 }
 
 
@@ -255,31 +247,8 @@ def test_killed_study_resumes_to_the_same_outcomes(
 ):
     killed_dir = tmp_path / "killed"
     space = write_study(tmp_path, **RESUMABLE)
-    cmd = [
-        sys.executable,
-        "-m",
-        "grok_tune.search",
-        "--space",
-        str(space),
-        "--storage",
-        str(killed_dir),
-        "--address",
-        ray_session,
-    ]
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"},
-    )
+    kill_study_when(space, killed_dir, ray_session, KILL_MOMENTS[moment])
     study = killed_dir / "resumable"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and not KILL_MOMENTS[moment](study):
-        time.sleep(0.2)
-    time.sleep(1.0)
-    assert proc.poll() is None, "the study finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
     assert not (study / "trials.parquet").exists()
 
     assert search.main(["--resume", "--name", "resumable", "--storage", str(killed_dir)]) == 0

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
@@ -120,6 +121,52 @@ class Task(ABC):
 
     def measure_names(self) -> tuple[str, ...]:
         return ()
+
+
+class GeneratedTask(Task):
+    """A task whose examples are generated (addition, repeated subsequences): a fixed
+    validation set, and a finite training set or an infinite stream, from a data object with
+    ``validation``, ``training``, ``batch(counter, size)`` and ``train_size`` (None: infinite).
+    A subclass says how to build that object (``make_data``) and how examples become a Split."""
+
+    DEFAULT_TRAIN_SIZE: ClassVar[int]
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        return {"train_size": cls.DEFAULT_TRAIN_SIZE}
+
+    @classmethod
+    def check(cls, cfg: TrainConfig) -> None:
+        cls.make_data(cfg)  # validates the settings without generating anything
+
+    @classmethod
+    @abstractmethod
+    def make_data(cls, cfg: TrainConfig) -> Any: ...
+
+    @abstractmethod
+    def to_split(self, examples: Any) -> Split: ...
+
+    @cached_property
+    def data(self) -> Any:
+        return self.make_data(self.cfg)
+
+    @property
+    def infinite(self) -> bool:
+        return self.data.train_size is None
+
+    @cached_property
+    def validation(self) -> Split:
+        return self.to_split(self.data.validation)
+
+    @cached_property
+    def training(self) -> Split:
+        if self.infinite:  # a fixed probe: the stream's first val_size examples
+            return self.to_split(self.data.batch(0, self.cfg.val_size)[0])
+        return self.to_split(self.data.training)
+
+    def stream(self, counter: int, batch_size: int) -> tuple[Split, int]:
+        examples, counter = self.data.batch(counter, batch_size)
+        return self.to_split(examples), counter
 
 
 def _registry() -> dict[str, type[Task]]:

@@ -22,12 +22,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from grok_tune.tasks import INFINITE, Layout, Split, Task
+from grok_tune.tasks import INFINITE, GeneratedTask, Layout, Split
 from grok_tune.tasks.streams import I64, U64, draw, uniform_ints_at
 
 if TYPE_CHECKING:
@@ -246,7 +246,7 @@ def csv_rows(
 
 
 # --- the task -------------------------------------------------------------------------------
-class AdditionTask(Task):
+class AdditionTask(GeneratedTask):
     """``task: addition``: ``a + b =`` and the n + 1 answer digits, all predicted at once.
 
     The model reads the sequence up to the last answer digit (teacher forcing: answer digit k is
@@ -260,27 +260,11 @@ class AdditionTask(Task):
     DEFAULT_TRAIN_SIZE = 750  # Nanda's finite regime
 
     @classmethod
-    def defaults(cls) -> dict[str, Any]:
-        return {"train_size": cls.DEFAULT_TRAIN_SIZE}
-
-    @classmethod
-    def check(cls, cfg: TrainConfig) -> None:
-        cls._data(cfg)  # validates without generating anything
-
-    @staticmethod
-    def _data(cfg: TrainConfig) -> AdditionData:
+    def make_data(cls, cfg: TrainConfig) -> AdditionData:
         train_size = None if cfg.train_size == INFINITE else cfg.train_size
         return AdditionData(
             digits=cfg.digits, train_size=train_size, val_size=cfg.val_size, seed=cfg.seed
         )
-
-    @cached_property
-    def data(self) -> AdditionData:
-        return self._data(self.cfg)
-
-    @property
-    def infinite(self) -> bool:
-        return self.data.train_size is None
 
     @cached_property
     def layout(self) -> Layout:
@@ -293,22 +277,8 @@ class AdditionTask(Task):
             position_names=tuple(f"digit{k}" for k in range(n + 1)),
         )
 
-    def _split(self, examples: Examples) -> Split:
+    def to_split(self, examples: Examples) -> Split:
         import torch
 
         tokens = torch.from_numpy(examples.tokens)
         return Split(tokens[:, :-1].contiguous(), torch.from_numpy(examples.targets).clone())
-
-    @cached_property
-    def validation(self) -> Split:
-        return self._split(self.data.validation)
-
-    @cached_property
-    def training(self) -> Split:
-        if self.infinite:  # a fixed probe: the stream's first val_size examples
-            return self._split(self.data.batch(0, self.cfg.val_size)[0])
-        return self._split(self.data.training)
-
-    def stream(self, counter: int, batch_size: int) -> tuple[Split, int]:
-        examples, counter = self.data.batch(counter, batch_size)
-        return self._split(examples), counter

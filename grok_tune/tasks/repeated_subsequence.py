@@ -28,12 +28,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from math import comb
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
 
-from grok_tune.tasks import IGNORE, INFINITE, Layout, Split, Task
+from grok_tune.tasks import IGNORE, INFINITE, GeneratedTask, Layout, Split
 from grok_tune.tasks.streams import I64, U64, StreamExhausted, draw, hash_rows, uniform_rows
 
 if TYPE_CHECKING:
@@ -250,7 +250,7 @@ def csv_rows(
 
 
 # --- the task -------------------------------------------------------------------------------
-class RepeatedSubsequenceTask(Task):
+class RepeatedSubsequenceTask(GeneratedTask):
     """``task: repeated_subsequence``: next-token prediction over whole sequences, the loss and
     accuracy counted only where the context determines the token (see the mask above): the
     token accuracy an induction head raises from chance to 1."""
@@ -262,15 +262,7 @@ class RepeatedSubsequenceTask(Task):
     DEFAULT_TRAIN_SIZE = 512  # Nanda's finite regime
 
     @classmethod
-    def defaults(cls) -> dict[str, Any]:
-        return {"train_size": cls.DEFAULT_TRAIN_SIZE}
-
-    @classmethod
-    def check(cls, cfg: TrainConfig) -> None:
-        cls._data(cfg)
-
-    @staticmethod
-    def _data(cfg: TrainConfig) -> RepeatedSubsequenceData:
+    def make_data(cls, cfg: TrainConfig) -> RepeatedSubsequenceData:
         return RepeatedSubsequenceData(
             seq_len=cfg.seq_len,
             sub_len=cfg.sub_len,
@@ -282,14 +274,6 @@ class RepeatedSubsequenceTask(Task):
         )
 
     @cached_property
-    def data(self) -> RepeatedSubsequenceData:
-        return self._data(self.cfg)
-
-    @property
-    def infinite(self) -> bool:
-        return self.data.train_size is None
-
-    @cached_property
     def layout(self) -> Layout:
         n = self.cfg.seq_len - 1  # every position predicts the next token
         return Layout(
@@ -297,24 +281,10 @@ class RepeatedSubsequenceTask(Task):
             exact_match=False,
         )  # fmt: skip
 
-    def _split(self, examples: Examples) -> Split:
+    def to_split(self, examples: Examples) -> Split:
         import torch
 
         tokens = torch.from_numpy(examples.tokens)
         mask = torch.from_numpy(examples.mask[:, 1:])
         y = torch.where(mask, tokens[:, 1:], torch.full_like(tokens[:, 1:], IGNORE))
         return Split(tokens[:, :-1].contiguous(), y)
-
-    @cached_property
-    def validation(self) -> Split:
-        return self._split(self.data.validation)
-
-    @cached_property
-    def training(self) -> Split:
-        if self.infinite:  # a fixed probe: the stream's first val_size sequences
-            return self._split(self.data.batch(0, self.cfg.val_size)[0])
-        return self._split(self.data.training)
-
-    def stream(self, counter: int, batch_size: int) -> tuple[Split, int]:
-        examples, counter = self.data.batch(counter, batch_size)
-        return self._split(examples), counter
