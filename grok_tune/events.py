@@ -17,12 +17,14 @@ rule)`` finds them in one curve; the settings are the fields of ``PhaseRule`` (d
    evaluation (the model at chance) keeps its value, and read as ``y = ln loss``. A median keeps
    the edge of a drop sharp and removes spikes of up to ``smooth // 2`` evaluations.
 2. **Time scale.** Steps need not be evenly spaced. A drop starting at step ``t`` has the window
-   ``W(t)``: the longer of ``rel_window`` (0.5) × ``t`` steps and ``min_window_evals`` (8)
+   ``W(t)``: the longer of ``rel_window`` (0.5) × ``t`` steps and ``min_window_evals`` (12)
    evaluations. Sudden is relative to the run so far: at step 10,000 a drop may take up to 5,000
-   steps, at step 300 only 8 evaluations. A drop done within half the steps before it spans at
-   most 0.18 decades of the log-step axis grokking is plotted on: a cliff there, and room for
-   Nanda et al.'s clean-up phase (about 9.4k to 13k steps). The evaluation floor is the
-   resolution, and all the first evaluation (step 0, no run before it) gets.
+   steps, at step 300 only 12 evaluations (not fewer: a grokking run's first drop,
+   memorization, takes several evaluations and is followed by a spiky tail). A drop done
+   within half the steps before it spans at most 0.18 decades of the log-step axis grokking is
+   plotted on: a cliff there, and room for Nanda et al.'s clean-up phase (about 9.4k to 13k
+   steps). The evaluation floor is the resolution, and all the first evaluation (step 0, no
+   run before it) gets.
 3. **A drop** from evaluation ``s`` (start) to ``e`` (end, within ``W(t_s)`` of ``s``) is a phase
    change when it is
 
@@ -152,7 +154,7 @@ class PhaseRule:
     min_drop_nats: float = 0.01
     min_drop_factor: float = 2.0
     rel_window: float = 0.5  # a drop at step t completes within rel_window * t steps ...
-    min_window_evals: int = 8  # ... or within this many evaluations, whichever is longer
+    min_window_evals: int = 12  # ... or within this many evaluations, whichever is longer
     max_rate_before: float = 0.25  # before it: falling at under this share of the drop's rate
     max_rate_after: float = 0.25  # after it: falling at under this share of the drop's rate
 

@@ -505,7 +505,7 @@ def test_bad_settings_are_refused_by_name(setting: str, value: object) -> None:
 def test_the_rule_describes_itself() -> None:
     assert PhaseRule() == DEFAULT_PHASE_RULE
     text = DEFAULT_PHASE_RULE.describe()
-    for part in ("median5", "0.01nats", "x2", "8evals", "0.5*step", "0.25"):
+    for part in ("median5", "0.01nats", "x2", "12evals", "0.5*step", "0.25"):
         assert part in text
     assert PhaseRule(smooth=7).describe() != text
     with pytest.raises(AttributeError):
