@@ -25,6 +25,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from grok_tune import metrics as m
 from grok_tune.cli import Parser
+from grok_tune.events import DEFAULT_PHASE_RULE
 from grok_tune.layout import (
     CURVES_FILE,
     FIGURES_DIR,
@@ -43,7 +44,14 @@ from grok_tune.regions import (
     RegionRule,
     classify_trials,
 )
-from grok_tune.results import CONFIG_SCHEMA, read_curves, read_phases, read_trials
+from grok_tune.results import (
+    CONFIG_SCHEMA,
+    PHASE_RULE,
+    phase_rows,
+    read_curves,
+    read_phases,
+    read_trials,
+)
 from grok_tune.space import (
     Choice,
     Grid,
@@ -118,10 +126,19 @@ class Study:
 
     @cached_property
     def phases(self) -> pd.DataFrame:
-        """Every phase change of every trial (phases.parquet); empty for a study without."""
+        """Every phase change of every trial (phases.parquet, or found again from the curves
+        when the study was written under another phase rule); empty for a study without."""
+        if self.stale_phases:
+            return phase_rows(self.curves)[0]
         if not (self.path / PHASES_FILE).is_file():
             return pd.DataFrame(columns=[TRIAL_ID, "curve", "step", "size"])
         return _read_table(self.path, PHASES_FILE, read_phases)
+
+    @property
+    def stale_phases(self) -> bool:
+        """Whether the study's phase changes were found under another rule than today's."""
+        recorded = self.trials.get(PHASE_RULE)
+        return recorded is not None and (recorded != DEFAULT_PHASE_RULE.describe()).any()
 
     @property
     def finished(self) -> pd.DataFrame:
@@ -188,6 +205,10 @@ def load_study(path: str | Path, rule: RegionRule = DEFAULT_RULE) -> Study:
     study = Study(path, _read_table(path, TRIALS_FILE, read_trials), _read_spec(path), rule)
     if rule != DEFAULT_RULE or (study.trials[REGION_RULE] != rule.describe()).any():
         study.trials = reclassify(study.trials, study.curves, rule)
+    if study.stale_phases:  # the headline columns, as the phase rule finds them today
+        headline = phase_rows(study.curves)[1]
+        for name in m.PHASE_OUTCOMES:
+            study.trials[name] = [headline.get(t, {}).get(name) for t in study.trials[TRIAL_ID]]
     return study
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -119,3 +120,23 @@ def test_remedy_figure_and_table(remedy_study, capsys):
     assert analysis_all.main([str(remedy_study)]) == 0
     assert "remedies.png" in capsys.readouterr().out
     assert "remedies (median steps" in (remedy_study / "summary.txt").read_text()
+
+
+def test_phases_found_under_another_rule_are_found_again(addition_study, tmp_path):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    copy = tmp_path / "copy"
+    shutil.copytree(addition_study, copy)
+    table = pq.read_table(copy / "trials.parquet").to_pandas()
+    table["phase_rule"] = "an older rule"
+    table[m.TRAIN_PHASE_STEP] = None
+    table.to_parquet(copy / "trials.parquet")
+    (copy / "phases.parquet").unlink()
+    study = load_study(copy)
+    fresh = load_study(addition_study)
+    assert study.stale_phases and not fresh.stale_phases
+    by_id = lambda s: s.trials.set_index("trial_id")[m.TRAIN_PHASE_STEP].sort_index()  # noqa: E731
+    pd.testing.assert_series_equal(by_id(study).astype(float), by_id(fresh).astype(float))
+    assert len(study.phases) == len(fresh.phases)
