@@ -189,9 +189,7 @@ def plot_phase_gap(study: Study, out: Path | None = None) -> Drawn:
         "step of the largest phase change: ● training loss, ■ validation loss\n"
         f"(small: ▲ memorized, ▼ generalized at accuracy {study.rule.threshold:g})"
     )
-    ax.set_title(
-        title(study, "phase changes: together (no grokking) or apart (grokking)"), fontsize=10
-    )
+    ax.set_title(title(study, "training vs validation phase change"), fontsize=10)
     path = save(fig, figure_path(study, out, "phase_gap.png"))
     return Drawn(path, n_points=points, n_lines=len(trials))
 
