@@ -41,6 +41,7 @@ from analysis.common import (
     title,
 )
 from grok_tune import metrics as m
+from grok_tune.config import GROKFAST_SETTINGS, REMEDY_SETTINGS
 from grok_tune.layout import TRIAL_ID
 
 TASK = "task"
@@ -140,8 +141,14 @@ def plot_phase_curves(
 
 
 def _row_label(study: Study, trial: pd.Series) -> str:
-    varying = [c for c in study.varying() if c not in (TASK, "seed")]
-    return describe_settings(trial, varying) or str(trial[TRIAL_ID])
+    """The trial's varying settings, its remedies in words (analysis.remedies) when they vary."""
+    from analysis.remedies import remedy_name, varies_remedies
+
+    remedy = {*REMEDY_SETTINGS, *GROKFAST_SETTINGS}
+    varying = [c for c in study.varying() if c not in (TASK, "seed") and c not in remedy]
+    parts = [remedy_name(trial)] if varies_remedies(study) else []
+    parts.append(describe_settings(trial, varying))
+    return ", ".join(p for p in parts if p) or str(trial[TRIAL_ID])
 
 
 def plot_phase_gap(study: Study, out: Path | None = None) -> Drawn:
