@@ -292,7 +292,7 @@ def test_unknown_axis_lists_the_allowed_columns(grid_dir, capsys):
         phase_map.main([str(grid_dir), "--x", "learning_rate", "--y", "weight_decay"])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert "unknown column 'learning_rate'" in err and "allowed: task, op, p, frac," in err
+    assert "unknown column 'learning_rate'" in err and "allowed: preset, task, op, p, frac," in err
     with pytest.raises(AnalysisError, match="unknown trial 'nope'"):
         curves.plot_curves(load_study(grid_dir), ["nope"])
 

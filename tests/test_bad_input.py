@@ -55,7 +55,7 @@ SEARCH_CASES: list[tuple[str, list[str], Any, list[str]]] = [
     ("alias", [], params(learning_rate=1e-3), ["'learning_rate'", "did you mean 'lr'"]),
     ("misspelt setting", [], params(weigth_decay=1), ["did you mean 'weight_decay'"]),
     ("objective key", [], study(objective={"metrik": "x"}), ["objective", "'metrik'"]),
-    ("mode", [], study(mode="sweep"), ["mode", "'grid', 'random' or 'optuna'"]),
+    ("mode", [], study(mode="sweep"), ["mode", "'grid', 'random', 'optuna' or 'boundary'"]),
     ("name pattern", [], study(name="../x"), ["'../x' cannot name a study folder"]),
     # types and values
     ("word for a number", [], params(p="seven"), ["params.p", "integer"]),

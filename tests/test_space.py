@@ -38,8 +38,8 @@ def test_shipped_study_files_are_valid():
     ("data", "messages"),
     [
         ({**GOOD, "colour": 1}, ["(top level): unknown key 'colour'; allowed: name,"]),
-        (with_params(colour=1), ["params: unknown setting 'colour'; allowed: task, op"]),
-        ({**GOOD, "mode": "sweep"}, ["mode: Input should be 'grid', 'random' or 'optuna'"]),
+        (with_params(colour=1), ["params: unknown setting 'colour'; allowed: preset, task, op"]),
+        ({**GOOD, "mode": "sweep"}, ["mode: Input should be 'grid', 'random', 'optuna' or 'boundary'"]),
         ({**GOOD, "num_samples": "many"}, ["num_samples: Input should be a valid integer"]),
         ({**GOOD, "num_samples": 0}, ["num_samples: Input should be greater than or equal to 1"]),
         (with_params(lr={"loguniform": [0, 1e-2]}), ["params.lr.loguniform", "lower bound > 0"]),
