@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
+from matplotlib.colors import to_hex, to_rgb
 from matplotlib.patches import Patch, Rectangle
 
 from analysis.common import (
@@ -88,8 +89,11 @@ def _color(label: str) -> str:
         return MIXED_COLOR
     if label == UNKNOWN:
         return NO_RESULT_COLOR
-    first = label.split("+")[0]  # a group (same: [[grok, generalize]]) takes its first's colour
-    return REGION_COLORS.get(Region(first), NO_RESULT_COLOR) if first in REGIONS else "#999999"
+    members = [REGION_COLORS[Region(m)] for m in label.split("+") if m in REGIONS]
+    if not members:
+        return "#999999"
+    # a group (same: [[grok, generalize]]) is its members' colours mixed, apart from each alone
+    return to_hex(np.mean([to_rgb(c) for c in members], axis=0))
 
 
 def _panel(ax: Axes, ref: Refinement) -> tuple[int, int]:
@@ -147,7 +151,7 @@ def plot_boundary_map(study: Study, out: Path | None = None) -> Drawn:
     present = sorted({c.label for r in plan.refinements for c in r.cells()})
     handles = [Patch(facecolor=_color(lab), edgecolor="grey", label=lab,
                      hatch="//" if lab == MIXED else None) for lab in present]  # fmt: skip
-    fig.legend(handles=handles, loc="outside right upper", title="cells", fontsize=7)
+    fig.legend(handles=handles, loc="outside right center", title="cells", fontsize=7)
     resolution = plan.refinements[0].resolution
     what = f"boundary search, cells at their own resolution (finest 1/{resolution - 1})"
     fig.suptitle(title(study, what), fontsize=9)

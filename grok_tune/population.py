@@ -53,7 +53,6 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, get_args
 
@@ -73,7 +72,7 @@ from grok_tune.packing import (
 )
 from grok_tune.tasks import IGNORE, Split, make_task
 from grok_tune.tasks.streams import stream_key
-from grok_tune.train import Record, cross_entropy, model_config
+from grok_tune.train import Record, cross_entropy, model_config, save_atomically
 
 SCOPES: tuple[str, ...] = get_args(DecayScope)
 ALIGN = 16  # floats: 64 bytes, the alignment of torch's CPU allocations
@@ -1014,9 +1013,7 @@ class Population:
         self.elapsed_s = state["elapsed_s"]
 
     def save(self, path: str | os.PathLike) -> None:
-        tmp = Path(f"{path}.tmp")
-        torch.save(self.state_dict(), tmp)
-        tmp.replace(path)  # a kill mid-write never leaves a torn checkpoint
+        save_atomically(self.state_dict(), path)
 
     def load(self, path: str | os.PathLike) -> None:
         self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))

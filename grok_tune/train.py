@@ -64,6 +64,12 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
 
 
+def save_atomically(state: dict[str, Any], path: str | os.PathLike) -> None:
+    tmp = Path(f"{path}.tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # a kill mid-write never leaves a torn checkpoint
+
+
 class Trainer:
     """Holds the whole state of a run; ``state_dict``/``load_state_dict`` resume it bit-for-bit.
 
@@ -250,9 +256,7 @@ class Trainer:
         self.elapsed_s = state["elapsed_s"]
 
     def save(self, path: str | os.PathLike) -> None:
-        tmp = Path(f"{path}.tmp")
-        torch.save(self.state_dict(), tmp)
-        tmp.replace(path)  # a kill mid-write never leaves a torn checkpoint
+        save_atomically(self.state_dict(), path)
 
     def load(self, path: str | os.PathLike) -> None:
         self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))

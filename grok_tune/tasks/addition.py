@@ -28,7 +28,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from grok_tune.tasks import INFINITE, GeneratedTask, Layout, Split
-from grok_tune.tasks.streams import I64, U64, draw, uniform_ints_at
+from grok_tune.tasks.streams import I64, U64, check_size, draw, uniform_ints_at
 
 if TYPE_CHECKING:
     from grok_tune.config import TrainConfig
@@ -158,13 +158,6 @@ def _generator(seed: int, source: str, digits: int) -> Callable[[U64], Examples]
     return generate
 
 
-def _check_size(name: str, value: int | None, *, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} = {value!r}: must be a positive integer")
-
-
 @dataclass(frozen=True, kw_only=True)
 class AdditionData:
     """The data of one addition trial: validation set, and a finite set or an infinite stream.
@@ -180,8 +173,8 @@ class AdditionData:
 
     def __post_init__(self) -> None:
         check_digits(self.digits)
-        _check_size("train_size", self.train_size, optional=True)
-        _check_size("val_size", self.val_size)
+        check_size("train_size", self.train_size, optional=True)
+        check_size("val_size", self.val_size)
         pairs = self.num_pairs
         if self.train_size is not None and self.train_size + self.val_size > pairs:
             raise ValueError(
@@ -226,7 +219,7 @@ class AdditionData:
                 f"train_size = {self.train_size}: batch is the infinite stream; "
                 "sample from training instead"
             )
-        _check_size("batch_size", batch_size)
+        check_size("batch_size", batch_size)
         gen = _generator(self.seed, "train", self.digits)
         return draw(gen, counter, batch_size, exclude=self._val_keys, distinct=False)
 
@@ -237,7 +230,7 @@ def csv_rows(
     """Lines of CSV ``a,b,c,split`` (header first): the training set, or with
     ``train_size=None`` the first ``stream_rows`` examples of the stream, then validation."""
     data = AdditionData(digits=digits, train_size=train_size, val_size=val_size, seed=seed)
-    _check_size("stream_rows", stream_rows)
+    check_size("stream_rows", stream_rows)
     train = data.training if train_size is not None else data.batch(0, stream_rows)[0]
     yield "a,b,c,split"
     for split, ex in (("train", train), ("val", data.validation)):

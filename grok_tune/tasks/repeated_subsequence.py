@@ -34,7 +34,15 @@ import numpy as np
 from numpy.typing import NDArray
 
 from grok_tune.tasks import IGNORE, INFINITE, GeneratedTask, Layout, Split
-from grok_tune.tasks.streams import I64, U64, StreamExhausted, draw, hash_rows, uniform_rows
+from grok_tune.tasks.streams import (
+    I64,
+    U64,
+    StreamExhausted,
+    check_size,
+    draw,
+    hash_rows,
+    uniform_rows,
+)
 
 if TYPE_CHECKING:
     from grok_tune.config import TrainConfig
@@ -130,13 +138,6 @@ def _generator(
     return generate
 
 
-def _check_size(name: str, value: int | None, *, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} = {value!r}: must be a positive integer")
-
-
 @dataclass(frozen=True, kw_only=True)
 class RepeatedSubsequenceData:
     """The data of one trial: validation set, and a finite set or an infinite stream.
@@ -155,8 +156,8 @@ class RepeatedSubsequenceData:
 
     def __post_init__(self) -> None:
         check_settings(self.seq_len, self.sub_len, self.repeats, self.vocab)
-        _check_size("train_size", self.train_size, optional=True)
-        _check_size("val_size", self.val_size)
+        check_size("train_size", self.train_size, optional=True)
+        check_size("val_size", self.val_size)
         bound = max_distinct(self.seq_len, self.sub_len, self.repeats, self.vocab)
         if self.train_size is not None and self.train_size + self.val_size > bound:
             raise ValueError(
@@ -215,7 +216,7 @@ class RepeatedSubsequenceData:
                 f"train_size = {self.train_size}: batch is the infinite stream; "
                 "sample from training instead"
             )
-        _check_size("batch_size", batch_size)
+        check_size("batch_size", batch_size)
         return self._draw("train", counter, batch_size, distinct=False)
 
 
@@ -241,7 +242,7 @@ def csv_rows(
         val_size=val_size,
         seed=seed,
     )
-    _check_size("stream_rows", stream_rows)
+    check_size("stream_rows", stream_rows)
     train = data.training if train_size is not None else data.batch(0, stream_rows)[0]
     yield "sequence,split"
     for split, ex in (("train", train), ("val", data.validation)):

@@ -221,3 +221,11 @@ def draw(
         cand, idx = first
         return (cand if idx.size == len(cand) else cand.take(idx)), pos
     return generate(np.concatenate(kept)), pos
+
+
+def check_size(name: str, value: int | None, *, optional: bool = False) -> None:
+    """A count of examples or rows: a positive integer (None allowed where ``optional``)."""
+    if value is None and optional:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} = {value!r}: must be a positive integer")
