@@ -16,7 +16,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.colors import to_hex, to_rgb
 from matplotlib.patches import Patch, Rectangle
@@ -185,22 +184,3 @@ def boundary_summary(study: Study) -> str:
             if len(seen) > 12:
                 lines.append(f"    ... and {len(seen) - 12} more crossings")
     return "\n".join(lines)
-
-
-def dense_agreement(study: Study, dense: pd.DataFrame) -> float:
-    """Share of the dense grid's cells that the boundary study labels the same, from a dense
-    grid study's trials over the same axes (one map). For bench/boundary.py's real study."""
-    from grok_tune.boundary import agreement, cell_labels
-
-    plan = rebuild(study)
-    ref = plan.refinements[0]
-    n = ref.resolution
-    grid = np.full((n,) * ref.dim, None, dtype=object)
-    for idx in np.ndindex(*grid.shape):
-        values = ref.values(idx)
-        rows = dense
-        for key, value in values.items():
-            rows = rows[[_close(v, value) for v in rows[key]]]
-        if not rows.empty:
-            grid[idx] = str(majority(rows[REGION])[0])
-    return agreement(ref.densify(), cell_labels(grid, ref.groups), ref.groups)

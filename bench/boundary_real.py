@@ -79,6 +79,7 @@ def main() -> int:
         return MIXED
 
     right = mixed = wrong = 0
+    misses = []
     for point, values in zip(chosen, variants, strict=True):
         rows = dense
         for key, value in values.items():
@@ -86,13 +87,14 @@ def main() -> int:
         if rows.empty:
             continue
         truth = ref.group(str(majority(rows[REGION])[0]))
-        label = cell_label(point)
+        label = ref.group(cell_label(point))  # a cell of one group member is the group's
         if label == MIXED:
             mixed += 1
         elif label == truth:
             right += 1
         else:
             wrong += 1
+            misses.append(f"    {values}: the map says {label}, the trial was {truth}")
     n = right + mixed + wrong
     dense_total = ref.resolution**ref.dim * spec.num_samples
     print(
@@ -103,6 +105,7 @@ def main() -> int:
     print(f"  in a uniform cell, region right: {right} ({right / n:.0%})")
     print(f"  in a mixed (boundary) cell:      {mixed} ({mixed / n:.0%})")
     print(f"  in a uniform cell, region wrong: {wrong} ({wrong / n:.0%})")
+    print("\n".join(misses))
     return 0
 
 
