@@ -23,7 +23,6 @@ every value is stored, passed to trials and written to Parquet as the setting's 
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import math
 import re
@@ -44,6 +43,7 @@ from pydantic import (
 )
 
 from grok_tune import metrics as m
+from grok_tune.cli import did_you_mean
 from grok_tune.config import TrainConfig
 from grok_tune.regions import REGIONS
 
@@ -375,8 +375,7 @@ ALIASES = {
 def unknown_key(key: str, allowed: Mapping[str, Any] | list[str], what: str = "key") -> str:
     """ "unknown setting 'learning_rate' (did you mean 'lr'?); allowed: ..."."""
     names = list(allowed)
-    guess = ALIASES.get(key) if ALIASES.get(key) in names else None
-    guess = guess or next(iter(difflib.get_close_matches(key, names, n=1, cutoff=0.7)), None)
+    guess = did_you_mean(key, names, ALIASES)
     hint = f" (did you mean {guess!r}?)" if guess else ""
     return f"unknown {what} {key!r}{hint}; allowed: {', '.join(names)}"
 

@@ -220,6 +220,8 @@ TRAIN_CASES: list[tuple[str, list[str], list[str]]] = [
     ("--steps", ["--steps", "ten"], ["--steps: Input should be a valid integer"]),
     ("no data", ["--op", "x+y", "--p", "3", "--frac", "0.01"], ["frac = 0.01 of 9 equations"]),
     ("--colour", ["--colour", "red"], ["unrecognized arguments: --colour"]),
+    ("--learning-rate", ["--learning-rate", "1e-3"], ["--learning-rate: did you mean --lr?"]),
+    ("--wieght-decay=", ["--wieght-decay=1"], ["--wieght-decay: did you mean --weight-decay?"]),
 ]
 
 
