@@ -205,6 +205,9 @@ def phase_table(study: Study) -> str:
     """Per trial: its largest train and validation phase changes, and the delay between."""
     trials = study.trials.sort_values([TASK, *[c for c in study.varying() if c != TASK]])
     lines = ["phase changes (largest drop of the training / validation loss; step, nats):"]
+    neither = trials[trials[m.TRAIN_PHASE_STEP].isna() & trials[m.VAL_PHASE_STEP].isna()]
+    if len(neither) > 10:  # a big study's confusion corner would bury the rows that say something
+        trials = trials.drop(neither.index)
     for _, trial in trials.iterrows():
         parts = []
         for split, step_key, drop_key in (
@@ -232,6 +235,8 @@ def phase_table(study: Study) -> str:
                 "    per position (val): "
                 + "; ".join(f"{c.removeprefix(m.VAL_LOSS + '_')} {s}" for c, s in by.items())
             )
+    if len(neither) > 10:
+        lines.append(f"  {len(neither)} more trials: no phase change in either loss")
     return "\n".join(lines)
 
 
