@@ -1,11 +1,11 @@
 """The anchors reproduced: each preset's headline run, next to the number its paper reports.
 
-Run by hand from the repository root (about an hour on 2 CPUs for everything; each run on
+Run by hand from the repository root (about 80 minutes on 2 CPUs for everything; each run on
 one core, two at a time)::
 
     .venv/bin/python bench/reproduce.py                       # every row below
     .venv/bin/python bench/reproduce.py --only nanda grokfast_ma --json bench/out/repro.json
-    .venv/bin/python bench/reproduce.py --only grokfast_base --steps 60000   # another budget
+    .venv/bin/python bench/reproduce.py --only power_x/y --steps 50000   # another budget
 
 Rows (the preset, what is overridden, what is read off the run, what the paper says):
 
@@ -16,7 +16,7 @@ nanda          nanda2023 as it is (full size): steps to 99% validation accuracy,
 power_x/y      power2022 (x/y mod 97, 50% of the data), budget 20k: steps to 99% validation.
 grokfast_ma    grokfast2024 (Grokfast-MA, wd 0.01): steps to 95% validation.
 grokfast_ema   grokfast2024 with the EMA filter (alpha 0.98, lambda 2, wd 0.005).
-grokfast_base  grokfast2024 without a filter and weight decay 0 (their baseline), budget 20k.
+grokfast_base  grokfast2024 without a filter and weight decay 0 (their baseline), budget 60k.
 prieto_ortho   prieto2025 (⊥Grad, AdamW weight decay 0), budget 3k: generalizes?
 prieto_base    prieto2025 without ⊥Grad (AdamW, weight decay 0): memorizes only?
 liu_*          four points of the learning-rate x weight-decay diagram on the project's small
@@ -52,7 +52,7 @@ RUNS: dict[str, tuple[dict[str, Any], str]] = {
                       "grokfast_lamb": 2.0, "weight_decay": 0.005, "eval_every": 10},
                      "95% at 910 steps"),
     "grokfast_base": ({"preset": "grokfast2024", "grad_filter": "none", "weight_decay": 0.0,
-                       "steps": 20_000, "eval_every": 200}, "95% at 39,890 steps"),
+                       "steps": 60_000, "eval_every": 200}, "95% at 39,890 steps"),
     "prieto_ortho": ({"preset": "prieto2025", "steps": 3000, "eval_every": 50},
                      "⊥Grad, wd 0: generalizes, no delay (their transformer, Fig. 6)"),
     "prieto_base": ({"preset": "prieto2025", "orthogonal_grad": False, "steps": 3000,
