@@ -151,7 +151,7 @@ def plot_remedies(study: Study, out: Path | None = None) -> Drawn:
         ax.set_title(f"weight decay {wd:g}", fontsize=9)
         if k == 0:
             ax.set_ylabel("steps: ▲ memorized, ● generalized\n(hollow, above the budget: censored)")
-    fig.suptitle(title(study, "remedies: steps to memorize and to generalize"), fontsize=10)
+    fig.suptitle(title(study, "steps to memorize and to generalize, per remedy"), fontsize=10)
     path = save(fig, figure_path(study, out, "remedies.png"))
     return Drawn(path, n_points=points, n_cells=len(names) * len(decays))
 
