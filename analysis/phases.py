@@ -190,7 +190,9 @@ def plot_phase_gap(study: Study, out: Path | None = None) -> Drawn:
     ax.set_xscale("log")
     ax.set_xlim(low, edge * 1.3)
     ax.axvline(budget, color="grey", linestyle=":", linewidth=1)
-    ax.text(edge, len(trials) - 0.4, "none", ha="center", fontsize=7, color="grey")
+    # rows sit at 0..n-1; the margin above holds the memorize/generalize ticks and "none"
+    ax.set_ylim(-0.6, len(trials) - 0.1)
+    ax.text(edge, len(trials) - 0.35, "none", ha="center", va="center", fontsize=7, color="grey")
     plain_log_axis(ax.xaxis, steps=True)
     ax.set_xlabel(
         "step of the largest phase change: ● training loss, ■ validation loss\n"
