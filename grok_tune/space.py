@@ -433,17 +433,27 @@ def _normalize(spec: StudySpec, where: str) -> tuple[StudySpec, list[str]]:
     """Every fixed value and every bound or listed value checked as a TrainConfig setting, and
     replaced by its value as that setting's type ("1e-3" -> 0.001, "7" -> 7), so that Tune,
     the trials and Parquet only ever see the setting's own type."""
+    fixed, problems = dict(spec.fixed), []
     try:
-        base = TrainConfig(**spec.fixed)
+        params: dict[str, Any] = {k: getattr(TrainConfig(**fixed), k) for k in fixed}
     except ValidationError as err:
-        return spec, _describe(err, where, ("params",))
-    params: dict[str, Any] = {k: getattr(base, k) for k in spec.fixed}
-    problems = []
+        problems = _describe(err, where, ("params",))
+        if any(not e["loc"] for e in err.errors()):
+            return spec, problems  # a rule between settings: every candidate would repeat it
+        # the distributions are still checked, beside the fixed values that are valid, so that
+        # one run of the command names every bad value
+        bad = {str(e["loc"][0]) for e in err.errors()}
+        fixed = {k: v for k, v in fixed.items() if k not in bad}
+        try:
+            TrainConfig(**fixed)  # the rules between settings, which pydantic skipped
+        except ValidationError as err:
+            return spec, problems + _describe(err, where, ("params",))
+        params = dict(spec.fixed)
     for key, dist in spec.distributions.items():
         kind, values = _kind_name(dist), []
         for i, value in enumerate(dist.candidates()):
             try:
-                values.append(getattr(TrainConfig(**{**spec.fixed, key: value}), key))
+                values.append(getattr(TrainConfig(**{**fixed, key: value}), key))
             except ValidationError as err:
                 for e in err.errors(include_url=False):
                     msg = _message(e, None)
@@ -462,7 +472,7 @@ def _normalize(spec: StudySpec, where: str) -> tuple[StudySpec, list[str]]:
     variants = []
     for i, variant in enumerate(spec.variants):
         try:
-            cfg = TrainConfig(**{**spec.fixed, **variant})
+            cfg = TrainConfig(**{**fixed, **variant})
         except ValidationError as err:
             problems += [f"{where}: variants[{i}]: {_message(e, None)}" for e in err.errors()]
             continue

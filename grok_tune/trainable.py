@@ -56,6 +56,15 @@ def _report(metrics: dict[str, Any], save: Callable[[Path], None] | None) -> Non
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
 
+def _restore(load: Callable[[Path], None]) -> bool:
+    """Load the trial's Tune checkpoint, if it has one (a resumed or retried trial)."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            load(Path(d) / STATE_FILE)
+    return checkpoint is not None
+
+
 def grokking_trial(config: dict[str, Any], checkpoint_every: int = 1000) -> None:
     # torch loads here, in the trial's process: the driver only pickles this function
     from grok_tune.tensorboard_log import TrialLog
@@ -65,14 +74,10 @@ def grokking_trial(config: dict[str, Any], checkpoint_every: int = 1000) -> None
     ctx = tune.get_context()
     device = _device()
     trainer = Trainer(cfg, device)
-
-    checkpoint = tune.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            trainer.load(Path(d) / STATE_FILE)
+    restored = _restore(trainer.load)
     where = {**_where(device), **trainer.summary()}
     # a resumed trial re-logs what came after its checkpoint, which logged its own step
-    resume_step = trainer.step + 1 if checkpoint else None
+    resume_step = trainer.step + 1 if restored else None
     log = TrialLog(
         ctx.get_trial_dir(), {**cfg.used(), **where}, resume_step, trainer.layout.position_names
     )
@@ -108,12 +113,9 @@ def population_trial(
     ctx = tune.get_context()
     device = _device()
     population = Population(cfgs, device)
-    checkpoint = tune.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            population.load(Path(d) / STATE_FILE)
+    restored = _restore(population.load)
     where = [{**_where(device), **population.summary(i)} for i in range(len(cfgs))]
-    resume_step = population.step + 1 if checkpoint else None
+    resume_step = population.step + 1 if restored else None
     positions = population.layout.position_names
     logs = [
         TrialLog(Path(ctx.get_trial_dir()) / member_dir(i), {**cfg.used(), **where[i]},

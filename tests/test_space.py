@@ -62,6 +62,10 @@ def test_shipped_study_files_are_valid():
         ({**GOOD, "objective": {"metric": "speed"}}, ["objective.metric: Input should be"]),
         ({**GOOD, "name": "../x"}, ["name: '../x' cannot name a study folder"]),
         ([1, 2], ["a study file is a mapping"]),
+        (  # every bad value named in one run: a fixed one and a grid's
+            with_params(weight_decay=-1, frac={"uniform": [0.3, 1.2]}),
+            ["params.weight_decay: Input should be greater", "params.frac.uniform[1] = 1.2"],
+        ),
     ],
 )
 def test_malformed_study_is_refused_with_file_key_and_rule(tmp_path, data, messages):

@@ -177,7 +177,8 @@ def _registry() -> dict[str, type[Task]]:
     return {t.name: t for t in (TableTask, AdditionTask, RepeatedSubsequenceTask)}
 
 
-TASK_NAMES = ("table", "addition", "repeated_subsequence")
+# derived, so that registering a task is the one step (the modules above are all defined by now)
+TASK_NAMES = tuple(_registry())
 
 
 def task_class(name: str) -> type[Task]:
