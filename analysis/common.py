@@ -126,10 +126,9 @@ class Study:
 
     @cached_property
     def phases(self) -> pd.DataFrame:
-        """Every phase change of every trial (phases.parquet, or found again from the curves
-        when the study was written under another phase rule); empty for a study without."""
-        if self.stale_phases:
-            return phase_rows(self.curves)[0]
+        """Every phase change of every trial (phases.parquet; load_study finds them again from
+        the curves when the study was written under another phase rule); empty for a study
+        without."""
         if not (self.path / PHASES_FILE).is_file():
             return pd.DataFrame(columns=[TRIAL_ID, "curve", "step", "size"])
         return _read_table(self.path, PHASES_FILE, read_phases)
@@ -205,8 +204,8 @@ def load_study(path: str | Path, rule: RegionRule = DEFAULT_RULE) -> Study:
     study = Study(path, _read_table(path, TRIALS_FILE, read_trials), _read_spec(path), rule)
     if rule != DEFAULT_RULE or (study.trials[REGION_RULE] != rule.describe()).any():
         study.trials = reclassify(study.trials, study.curves, rule)
-    if study.stale_phases:  # the headline columns, as the phase rule finds them today
-        headline = phase_rows(study.curves)[1]
+    if study.stale_phases:  # every phase change and the headline columns, by today's rule
+        study.phases, headline = phase_rows(study.curves)
         for name in m.PHASE_OUTCOMES:
             study.trials[name] = [headline.get(t, {}).get(name) for t in study.trials[TRIAL_ID]]
     return study
