@@ -357,7 +357,11 @@ def make_tuner(spec: StudySpec, storage: str, resume: bool, on_cluster: bool = F
             name=spec.name,
             storage_path=storage if is_uri(storage) else str(Path(storage).expanduser().resolve()),
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            # Tune deletes the oldest kept checkpoint when a new one registers, but snapshots
+            # the study's state only now and then: a driver killed in between resumes a trial
+            # from a checkpoint already deleted (seen with several checkpoints a second). Three
+            # kept make that window three checkpoints wide.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
             # the trial directory's TensorBoard files go to the (cloud) storage with the results
             sync_config=tune.SyncConfig(sync_artifacts=True),
             callbacks=_callbacks(spec, on_cluster),
