@@ -446,7 +446,9 @@ def start_ray(address: str | None) -> None:
     # trials' own output repeats what the progress table shows; errors reach Tune regardless
     options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
     if address is None:
-        ray.init(**options)
+        # "local" starts a Ray of the study's own: a bare ray.init() would join any cluster
+        # already running on the machine (someone else's, another test's)
+        ray.init(address="local", **options)
         return
 
     def give_up() -> None:
