@@ -27,36 +27,54 @@ from analysis.common import FRAC, AnalysisError, Study, base_parser, run_command
 from grok_tune.layout import CURVES_FILE, TRIALS_FILE
 
 
-def _optional(what: str, draw: Callable[[], Path]) -> list[Path]:
-    """A figure that may not apply to this study: a note instead of a failure."""
+def _optional(what: str, draw: Callable[[], Path], skipped: list[str]) -> list[Path]:
+    """A figure that may not apply to this study, or that its trials cannot give yet (an
+    interrupted study): a line saying why instead of a failure, and the other figures still
+    drawn."""
     try:
         return [draw()]
     except AnalysisError as err:
-        print(f"skipped {what}: {err}")
+        skipped.append(f"skipped {what}: {err}")
+        print(skipped[-1])
         return []
 
 
-def run_all(study: Study, out: Path | None = None) -> list[Path]:
-    """Every analysis that applies; the region map is the second path."""
-    paths = [summary.write_summary(study, out)]
-    paths.append(phase_map.plot_phase_map(study, out=out).path)
-    paths.append(curves.plot_curves(study, out=out).path)
+def run_all(study: Study, out: Path | None = None) -> dict[str, Path]:
+    """Every analysis that applies, by name ("summary", "region map", ...); what could not be
+    drawn is said, one line each, in the summary file's last lines and on the terminal."""
+    skipped: list[str] = []
+    figures: dict[str, Callable[[], Path]] = {
+        "region map": lambda: phase_map.plot_phase_map(study, out=out).path,
+        "curves": lambda: curves.plot_curves(study, out=out).path,
+    }
     if phases.has_phases(study):
-        paths.append(phases.plot_phase_curves(study, out=out).path)
-        paths.append(phases.plot_phase_gap(study, out=out).path)
+        figures["phase curves"] = lambda: phases.plot_phase_curves(study, out=out).path
+        figures["phase gap"] = lambda: phases.plot_phase_gap(study, out=out).path
     if remedies.varies_remedies(study):
-        print(remedies.format_remedy_table(remedies.remedy_table(study)))
-        paths.append(remedies.plot_remedies(study, out=out).path)
+        figures["remedies"] = lambda: _print_then(
+            remedies.format_remedy_table(remedies.remedy_table(study)),
+            lambda: remedies.plot_remedies(study, out=out).path,
+        )
     if study.trials[FRAC].nunique() > 1:
-        print(fraction_curve.format_table(fraction_curve.fraction_table(study)))
-        paths.append(fraction_curve.plot_fraction_curve(study, out=out).path)
-    paths += _optional(
-        "embeddings",
-        lambda: embeddings.plot_embeddings(study, mod=embeddings.AUTO, out=out).path,
-    )
+        figures["fraction curve"] = lambda: _print_then(
+            fraction_curve.format_table(fraction_curve.fraction_table(study)),
+            lambda: fraction_curve.plot_fraction_curve(study, out=out).path,
+        )
+    figures["embeddings"] = lambda: embeddings.plot_embeddings(
+        study, mod=embeddings.AUTO, out=out
+    ).path
     if study.is_optuna:
-        paths += _optional("importance", lambda: importance.plot_importance(study, out).path)
-    return paths
+        figures["importance"] = lambda: importance.plot_importance(study, out).path
+    paths: dict[str, Path] = {}
+    for what, draw in figures.items():
+        for path in _optional(what, draw, skipped):
+            paths[what] = path
+    return {"summary": summary.write_summary(study, out, skipped), **paths}
+
+
+def _print_then(table: str, draw: Callable[[], Path]) -> Path:
+    print(table)
+    return draw()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,12 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths = run_all(study, args.out)
         # the study's outputs in one block at the end, where a user looks first
         print(f"\nstudy {study.name}: {study.path}")
-        print(f"  region map:  {paths[1]}")
+        print(f"  region map:  {paths.get('region map', 'not drawn (see above)')}")
         print(f"  results:     {study.path / TRIALS_FILE}")
         print(f"               {study.path / CURVES_FILE}")
         print(f"  TensorBoard: tensorboard --logdir {study.path}")
         print(f"  {len(paths)} files written:")
-        return paths
+        return list(paths.values())
 
     return run_command(build_parser(), argv, body)
 

@@ -38,7 +38,7 @@ def region_counts(study: Study) -> str:
     counts = trials[REGION].value_counts()
     parts = [f"{r} {counts.get(r, 0)}" for r in REGIONS]
     status = trials[m.STATUS]
-    for status_name in (m.Status.ERROR, m.Status.RUNNING):
+    for status_name in (m.Status.ERROR, m.Status.RUNNING, m.Status.PENDING):
         n = int((status == status_name).sum())
         if n:
             parts.append(f"{status_name} {n} (no final region)")
@@ -91,8 +91,13 @@ def _group_boundary(by_frac: pd.Series) -> str:
 
 def fraction_boundary(study: Study) -> str:
     done = study.finished
-    if done[FRAC].nunique() < 2:
+    if study.trials[FRAC].nunique() < 2:
         return "memorize -> grok boundary: the study does not vary the training fraction"
+    if done[FRAC].nunique() < 2:
+        return (
+            "memorize -> grok boundary: the study varies the training fraction, but its "
+            "finished trials cover fewer than two fractions (resume it)"
+        )
     keys = [OP, *[c for c in study.groups(exclude=(FRAC,)) if c != OP]]
     lines = ["memorize -> grok boundary along the training fraction (majority over repeats):"]
     for _, group in done.groupby(keys, sort=True):
@@ -127,8 +132,9 @@ def summarize(study: Study) -> str:
     return "\n".join(parts)
 
 
-def write_summary(study: Study, out: Path | None = None) -> Path:
-    text = summarize(study)
+def write_summary(study: Study, out: Path | None = None, skipped: Sequence[str] = ()) -> Path:
+    """summary.txt; ``skipped``: the figures that could not be drawn, one line each, why."""
+    text = "\n".join([summarize(study), *skipped])
     print(text)
     folder = out if out is not None else study.path
     folder.mkdir(parents=True, exist_ok=True)

@@ -7,9 +7,13 @@ columns and TensorBoard hparams all use these names, and the model's config data
 
 from __future__ import annotations
 
+import math
+import re
+import types
+import typing
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from grok_tune.metrics import ACCURACY_THRESHOLD
 from grok_tune.presets import PRESET_NAMES, PRESETS, preset_settings
@@ -40,6 +44,47 @@ def flat_settings(config: dict[str, Any]) -> dict[str, Any]:
 
 # a number of training examples, or a fresh batch every step
 Size = int | Literal["infinite"]
+
+_NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
+
+
+def _kinds(annotation: Any) -> set[type]:
+    """The plain types a field's annotation admits (bool, int, float, str)."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return set().union(*(_kinds(a) for a in typing.get_args(annotation)))
+    if typing.get_origin(annotation) is typing.Literal:
+        return {type(a) for a in typing.get_args(annotation)}
+    return {annotation} if isinstance(annotation, type) else set()
+
+
+def strict_value(value: Any, annotation: Any) -> Any:
+    """A value as its setting's type where YAML or a flag wrote it loosely, or ValueError where
+    pydantic would quietly change its meaning.
+
+    - a boolean is not a number: ``steps: true`` would run 1 step, ``weight_decay: yes`` 1.0;
+    - a number is not a boolean (``layer_norm: 0``);
+    - a whole number written as text or in exponent form is that whole number (``"1e5"``,
+      ``--steps 1e2``), as a fractional one is refused where a whole one belongs.
+    """
+    kinds = _kinds(annotation)
+    if isinstance(value, bool):
+        if bool not in kinds:
+            word = "true/yes/on" if value else "false/no/off"
+            raise ValueError(f"{word} reads as a boolean, not a {_kind_word(kinds)}")
+        return value
+    if isinstance(value, int | float) and bool in kinds and not kinds & {int, float}:
+        raise ValueError(f"{value!r} is a number: write true or false")
+    if int in kinds and float not in kinds and isinstance(value, str) and _NUMBER.match(value):
+        number = float(value)
+        if math.isfinite(number) and number.is_integer():
+            return int(number)
+    return value
+
+
+def _kind_word(kinds: set[type]) -> str:
+    if int in kinds and float not in kinds:
+        return "whole number"
+    return "number" if float in kinds else "name"
 
 
 GROKFAST_SETTINGS = ("grokfast_alpha", "grokfast_lamb", "grokfast_window")
@@ -168,6 +213,11 @@ class TrainConfig(BaseModel):
         None, ge=1, description="stop a run that has not memorized by this step"
     )
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strict(cls, value: Any, info: Any) -> Any:
+        return strict_value(value, cls.model_fields[info.field_name].annotation)
+
     @model_validator(mode="before")
     @classmethod
     def _task_defaults(cls, data: Any) -> Any:
@@ -198,8 +248,12 @@ class TrainConfig(BaseModel):
         for other, names in task_settings().items():
             foreign = sorted(n for n in given & set(names) if n not in own)
             if other != self.task and foreign:
+                from_preset = self.preset and set(foreign) <= set(preset_settings(self.preset))
                 raise ValueError(
-                    f"{', '.join(foreign)}: a setting of task {other}, not of task {self.task}"
+                    f"preset {self.preset} is set up for task {other} ({', '.join(foreign)} "
+                    f"come from it): task {self.task} cannot take it; drop the preset or the task"
+                    if from_preset
+                    else f"{', '.join(foreign)}: a setting of task {other}, not of task {self.task}"
                 )
         task_class(self.task).check(self)
         if self.d_model % self.n_heads:

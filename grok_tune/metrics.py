@@ -72,7 +72,8 @@ def position_metrics(positions: tuple[str, ...]) -> tuple[str, ...]:
 
 
 class Status(StrEnum):
-    RUNNING = "running"
+    PENDING = "pending"  # never started: the study was interrupted first (resume it)
+    RUNNING = "running"  # started, unfinished: the study was interrupted (resume it)
     GENERALIZED = "generalized"  # validation accuracy reached the threshold
     CENSORED = "censored"  # budget (or a stopping rule) ended it first: never "at the budget"
     DIVERGED = "diverged"  # loss or weights became NaN/inf

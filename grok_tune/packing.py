@@ -77,3 +77,16 @@ def population_groups(cfgs: Sequence[TrainConfig], max_size: int | None = None) 
         groups.setdefault(population_key(cfg), []).append(i)
     size = max_size or len(cfgs) or 1
     return [g[s : s + size] for g in groups.values() for s in range(0, len(g), size)]
+
+
+def why_apart(cfgs: Sequence[TrainConfig]) -> list[str]:
+    """The settings that keep the study's configurations in separate populations: those of the
+    population key that take more than one value (``effective batch size`` among them)."""
+    keys = [population_key(cfg) for cfg in cfgs]
+    if not keys:
+        return []
+    return [
+        name
+        for i, (name, _) in enumerate(keys[0])
+        if len({repr(key[i][1]) for key in keys}) > 1
+    ]

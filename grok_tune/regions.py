@@ -88,6 +88,10 @@ def first_step_reaching(steps: pd.Series, acc: pd.Series, threshold: float) -> f
     return float(hit.iloc[0]) if len(hit) else None
 
 
+# statuses whose events so far are not an outcome: no region
+UNFINISHED = (m.Status.ERROR, m.Status.RUNNING, m.Status.PENDING)
+
+
 def classify_trials(
     trials: pd.DataFrame, curves: pd.DataFrame | None = None, rule: RegionRule = DEFAULT_RULE
 ) -> pd.DataFrame:
@@ -128,9 +132,7 @@ def classify_trials(
     status = out[m.STATUS].astype(str)
     # an errored or unfinished trial has no region: its events so far are not its outcome
     regions = [
-        None
-        if s in (m.Status.ERROR, m.Status.RUNNING)
-        else str(rule.classify(a, b, s == m.Status.DIVERGED))
+        None if s in UNFINISHED else str(rule.classify(a, b, s == m.Status.DIVERGED))
         for a, b, s in zip(mem, gen, status, strict=True)
     ]
     out[REGION] = pd.Series(regions, index=out.index, dtype="string")

@@ -13,7 +13,9 @@ or in cloud storage alike (pyarrow's filesystems).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import json
 import math
 import re
 import types
@@ -85,6 +87,7 @@ def _arrow_type(annotation: Any) -> pa.DataType:
 
 
 CONFIG_SCHEMA = [(name, _arrow_type(f.annotation)) for name, f in TrainConfig.model_fields.items()]
+CONFIG_NAMES = [name for name, _ in CONFIG_SCHEMA]
 TRIALS_BASE = [(TRIAL_ID, pa.string()), *CONFIG_SCHEMA, *_OUTCOME_COLUMNS.items()]
 CURVES_BASE = [(TRIAL_ID, pa.string()), (m.STEP, pa.int64())] + [
     (name, pa.float64()) for name in (*m.CURVE_METRICS, m.ELAPSED_S)
@@ -123,11 +126,25 @@ def config_columns(config: dict[str, Any]) -> dict[str, Any]:
     return {k: math.inf if v == INFINITE else v for k, v in used.items()}
 
 
+def _trial_config(result: Any) -> dict[str, Any] | None:
+    """A trial's config: from its last report, else from the params.json Tune wrote when it
+    started (a trial stopped before its first report), else unknown."""
+    if result.config:
+        return result.config
+    try:
+        fs, path = pafs.FileSystem.from_uri(str(result.path))
+        with fs.open_input_stream(f"{path}/params.json") as f:
+            return json.loads(f.read().decode())
+    except (OSError, ValueError, TypeError, pa.ArrowException):
+        return None
+
+
 def trial_row(result: Any) -> dict[str, Any]:
     """One row of trials.parquet from a ray.tune Result (finished, stopped or errored)."""
     last = dict(result.metrics or {})
-    settings = flat_settings(result.config)
-    row: dict[str, Any] = {TRIAL_ID: _trial_id(result), **config_columns(settings)}
+    config = _trial_config(result)
+    settings = config_columns(flat_settings(config)) if config is not None else {}
+    row: dict[str, Any] = {TRIAL_ID: _trial_id(result), **settings}
     for name in _OUTCOME_COLUMNS:
         row[name] = _none_if_nan(last.get(name))
     for name, value in last.items():  # each named position's own events
@@ -172,7 +189,9 @@ def member_rows(result: Any, configs: list[dict[str, Any]]) -> list[tuple[dict, 
                 row[name] = _none_if_nan(value)
         if curve is not None and m.VAL_ACC in curve:
             row["best_val_acc"] = float(curve[m.VAL_ACC].max())
-        row["wall_time_s"] = last_report.get("time_total_s")
+        # the population's time, shared among its members: summing the column counts it once
+        total = last_report.get("time_total_s")
+        row["wall_time_s"] = None if total is None else total / len(configs)
         row["trial_dir"] = str(Path(result.path) / f"member_{i}")
         if result.error is not None:
             row[m.STATUS] = str(m.Status.ERROR)
@@ -230,17 +249,46 @@ def _schema(base: list[tuple[str, pa.DataType]], frame: pd.DataFrame) -> pa.Sche
     return pa.schema([*base, *zip(extra, types_, strict=True)])
 
 
+def _settings_key(config: dict[str, Any]) -> tuple:
+    return tuple(sorted((k, repr(v)) for k, v in config_columns(flat_settings(config)).items()))
+
+
+def pending_rows(planned: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows for the planned configurations that no trial ran (the study was interrupted before
+    Tune created them): their settings, status 'pending'."""
+    ran = collections.Counter(
+        tuple(sorted((k, repr(r.get(k))) for k in CONFIG_NAMES)) for r in rows
+    )
+    out = []
+    for i, config in enumerate(planned):
+        key = _settings_key(config)
+        if ran[key]:
+            ran[key] -= 1
+            continue
+        out.append(
+            {
+                TRIAL_ID: f"pending_{i:05d}",
+                **config_columns(flat_settings(config)),
+                m.STATUS: str(m.Status.PENDING),
+            }
+        )
+    return out
+
+
 def tables(
     results: Any,
     rule: RegionRule = DEFAULT_RULE,
     phase_rule: PhaseRule = DEFAULT_PHASE_RULE,
     packs: list[list[dict[str, Any]]] | None = None,
+    planned: list[dict[str, Any]] | None = None,
 ) -> tuple[pa.Table, pa.Table, pa.Table]:
     """(trials, curves, phases) Arrow tables from a ray.tune ResultGrid (or a list of Results);
-    ``packs``: a packed study's populations, whose members become one row each."""
+    ``packs``: a packed study's populations, whose members become one row each; ``planned``:
+    every configuration the study runs (grid, random), so that those no trial ran yet are rows
+    too (status 'pending')."""
     rows, curve_frames = [], []
     for result in results:
-        pack = (result.config or {}).get(PACK)
+        pack = (_trial_config(result) or {}).get(PACK)
         if packs is not None and pack is not None:
             for row, curve in member_rows(result, packs[pack]):
                 rows.append(row)
@@ -248,6 +296,8 @@ def tables(
         else:
             rows.append(trial_row(result))
             curve_frames.append(curve_rows(result))
+    if planned is not None:
+        rows += pending_rows(planned, rows)
     trials = pd.DataFrame(rows).reindex(
         columns=list(dict.fromkeys([n for n, _ in TRIALS_BASE] + [k for r in rows for k in r]))
     )
@@ -294,8 +344,9 @@ def write_results(
     study_uri: str,
     rule: RegionRule = DEFAULT_RULE,
     packs: list[list[dict[str, Any]]] | None = None,
+    planned: list[dict[str, Any]] | None = None,
 ) -> dict[str, str]:
-    trials, curves, phases = tables(results, rule, packs=packs)
+    trials, curves, phases = tables(results, rule, packs=packs, planned=planned)
     paths = {
         "trials": f"{study_uri}/{TRIALS_FILE}",
         "curves": f"{study_uri}/{CURVES_FILE}",

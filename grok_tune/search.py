@@ -11,8 +11,10 @@ file and the flags, every point the study can produce, the storage location, the
 address; on local Ray, whether the machine can hold one trial at all. ``--dry-run`` stops there
 and prints what the study would run.
 
-Exit status: 0 when the study ran to its end, 2 for input it refused (nothing was written),
-130 when it was interrupted (it says how to ``--resume``).
+Exit status: 0 when every trial ran to its end, 1 when the study ended with failed trials
+(recorded with status 'error' and their message), 2 for input it refused (nothing was
+written), 130 when Ctrl-C interrupted it and 143 when SIGTERM did (it says how to
+``--resume``).
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from typing import Any
 import yaml
 
 from grok_tune import metrics as m
+from grok_tune import study_state
 from grok_tune.cli import Parser
-from grok_tune.config import PACK, VARIANT
+from grok_tune.config import PACK, VARIANT, strict_value
 from grok_tune.layout import (
     DEFAULT_STORAGE,
     OPTUNA_FILE,
@@ -43,6 +46,7 @@ from grok_tune.layout import (
 from grok_tune.regions import REGION, REGIONS
 from grok_tune.space import (
     RESUMABLE,
+    SEED,
     Distribution,
     Grid,
     Overrides,
@@ -60,7 +64,9 @@ TCP_TIMEOUT_S = 10.0
 RAY_DEFAULT_PORT = 6379
 # on a cluster: how often to say that trials still wait for a node (the tests shorten it)
 WAIT_NOTICE_S = float(os.environ.get("GROK_TUNE_WAIT_NOTICE_S", "30"))
-INTERRUPTED = 130  # the shell's status for a command ended by Ctrl-C
+INTERRUPTED = 130  # the shell's status for a command ended by Ctrl-C (128 + SIGINT)
+TERMINATED = 143  # ... and by SIGTERM (128 + SIGTERM)
+TRIALS_FAILED = 1  # the study ran to its end, and some trials failed (their error is recorded)
 
 # The flags that override a study file's keys, by key.
 FLAGS = {
@@ -124,14 +130,24 @@ def param_space(spec: StudySpec) -> dict[str, Any]:
     space = {**spec.fixed, **{k: _tune_domain(d) for k, d in spec.distributions.items()}}
     if spec.variants:  # a trial's settings: its variant's merged in (grok_tune.trainable)
         space[VARIANT] = tune.grid_search(spec.variants)
+    seeds = spec.repeat_seeds()
+    if seeds:  # the repeats, as Tune's slowest grid axis (last): repeat r is the r-th pass
+        space.pop(SEED, None)
+        space[SEED] = tune.grid_search(seeds)
     return space
+
+
+def tune_samples(spec: StudySpec) -> int:
+    """Tune's num_samples: the repeats, unless they are the seed axis of the space."""
+    return 1 if spec.repeat_seeds() else spec.num_samples
 
 
 def member_configs(spec: StudySpec) -> list[dict[str, Any]]:
     """A grid or random study's configurations, one per trial it would run unpacked: the grid's
     points (each repeat in turn), or ``num_samples`` draws from the distributions."""
+    seeds = spec.repeat_seeds() or [None] * spec.num_samples
     if spec.mode == "grid":
-        return [{**spec.fixed, **p} for _ in range(spec.num_samples) for p in spec.grid_points()]
+        return [_seeded({**spec.fixed, **p}, s) for s in seeds for p in spec.grid_points()]
     import numpy as np
 
     rng = np.random.default_rng(spec.seed)
@@ -148,9 +164,13 @@ def member_configs(spec: StudySpec) -> list[dict[str, Any]]:
         return value[int(rng.integers(len(value)))]
 
     return [
-        {**spec.fixed, **{k: draw(d) for k, d in spec.distributions.items()}}
-        for _ in range(spec.num_samples)
+        _seeded({**spec.fixed, **{k: draw(d) for k, d in spec.distributions.items()}}, s)
+        for s in seeds
     ]
+
+
+def _seeded(config: dict[str, Any], seed: int | None) -> dict[str, Any]:
+    return config if seed is None else {**config, SEED: seed}
 
 
 def packs_of(spec: StudySpec) -> list[list[dict[str, Any]]]:
@@ -239,7 +259,10 @@ def _search_alg(spec: StudySpec, uri: str, concurrency: int) -> Any:
     return _limited(BasicVariantGenerator)(random_state=spec.seed, max_concurrent=concurrency)
 
 
-def _callbacks(spec: StudySpec, on_cluster: bool) -> list[Any]:
+PRUNE_EVERY_S = 5.0  # how often the driver deletes checkpoints no resume can need
+
+
+def _callbacks(spec: StudySpec, uri: str, on_cluster: bool) -> list[Any]:
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
@@ -282,9 +305,66 @@ def _callbacks(spec: StudySpec, on_cluster: bool) -> list[Any]:
                     flush=True,
                 )
 
+    class Prune(tune.Callback):
+        """Tune keeps every checkpoint (it would delete them out of step with its saved state:
+        grok_tune/study_state.py); every few seconds, those no resume can need go."""
+
+        def __init__(self) -> None:
+            self.last = time.monotonic()
+
+        def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+            if time.monotonic() - self.last >= PRUNE_EVERY_S:
+                self.last = time.monotonic()
+                study_state.prune(uri)
+
     # Tune's TensorBoard logger is replaced by grok_tune's own (same tags as Parquet); the JSON
     # and CSV loggers stay: Ray's results read them
-    return [JsonLoggerCallback(), CSVLoggerCallback(), Resources()]
+    return [JsonLoggerCallback(), CSVLoggerCallback(), Resources(), Prune()]
+
+
+def _scheduler(uri: str) -> Any:
+    """Tune's first-in-first-out scheduler, which also places each new trial in the study's
+    folder as it is now: Tune's search algorithm saves the study's path of when it began, and
+    the trials it creates after a copied or moved study is resumed would write into the old
+    folder (Ray re-places only the trials it restores)."""
+    import copy
+
+    import pyarrow.fs as pafs
+    from ray.tune.schedulers import FIFOScheduler
+
+    class StudyScheduler(FIFOScheduler):
+        def __init__(self, study: str) -> None:
+            super().__init__()
+            self.study = study
+
+        def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+            fs, path = pafs.FileSystem.from_uri(self.study)
+            storage_path, _, name = path.rstrip("/").rpartition("/")
+            if (trial.storage.storage_fs_path, trial.storage.experiment_dir_name) != (
+                storage_path,
+                name,
+            ):
+                moved = copy.copy(trial.storage)
+                moved.storage_filesystem = fs
+                moved.storage_fs_path = storage_path
+                moved.experiment_dir_name = name
+                trial.set_storage(moved)
+            super().on_trial_add(tune_controller, trial)
+
+    return StudyScheduler(uri)
+
+
+def _refit_restored(tuner: Any, spec: StudySpec, uri: str, concurrency: int, on_cluster: bool):
+    """What a resume changes in Tune's restored study, through private attributes: Tune offers
+    no public way (Ray is pinned, and tests/test_bad_input.py and tests/test_resume.py fail if
+    this stops working). Ray 2.60 restores the search algorithm pickled when the study began,
+    with its limit (``Limited`` keeps the one set here through its saved state), the callbacks
+    of back then, and the scheduler that places new trials in the study's folder of back then."""
+    tune_config = tuner._local_tuner._tune_config
+    tune_config.search_alg.max_concurrent = concurrency
+    tune_config.scheduler = _scheduler(uri)
+    tuner._local_tuner._run_config.callbacks = _callbacks(spec, uri, on_cluster)
+    return tuner
 
 
 def make_tuner(spec: StudySpec, storage: str, resume: bool, on_cluster: bool = False) -> Any:
@@ -309,12 +389,7 @@ def make_tuner(spec: StudySpec, storage: str, resume: bool, on_cluster: bool = F
     concurrency = _concurrency(spec)
     if resume:
         tuner = tune.Tuner.restore(uri, trainable, resume_unfinished=True, resume_errored=True)
-        # Ray 2.60 restores the search algorithm pickled when the study began, and its state;
-        # Limited keeps the limit set here through the state (private attribute: Ray is pinned,
-        # and tests/test_bad_input.py fails if this stops working)
-        tuner._local_tuner._tune_config.search_alg.max_concurrent = concurrency
-        tuner._local_tuner._run_config.callbacks = _callbacks(spec, on_cluster)
-        return tuner
+        return _refit_restored(tuner, spec, uri, concurrency, on_cluster)
 
     objective = spec.objective
     optuna = spec.mode == "optuna"
@@ -342,13 +417,14 @@ def make_tuner(spec: StudySpec, storage: str, resume: bool, on_cluster: bool = F
         ),
         tune_config=tune.TuneConfig(
             search_alg=_search_alg(spec, uri, concurrency),
+            scheduler=_scheduler(uri),
             # OptunaSearch owns metric and mode; Tune refuses them twice;
             # a packed trial reports its members' metrics nested: Tune checks no metric then
             metric=None if optuna or packed else objective.metric,
             mode=None if optuna or packed else objective.mode,
             # boundary: trials until the searcher says it is done (repeats are its own); packs
             # hold the repeats
-            num_samples=-1 if spec.mode == "boundary" else 1 if packed else spec.num_samples,
+            num_samples=-1 if spec.mode == "boundary" else 1 if packed else tune_samples(spec),
             # one process per concurrent slot, reused by the next trial: no spawn and no torch
             # import per trial
             reuse_actors=True,
@@ -357,14 +433,12 @@ def make_tuner(spec: StudySpec, storage: str, resume: bool, on_cluster: bool = F
             name=spec.name,
             storage_path=storage if is_uri(storage) else str(Path(storage).expanduser().resolve()),
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            # Tune deletes the oldest kept checkpoint when a new one registers, but snapshots
-            # the study's state only now and then: a driver killed in between resumes a trial
-            # from a checkpoint already deleted (seen with several checkpoints a second). Three
-            # kept make that window three checkpoints wide.
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
+            # Tune deletes nothing: its retention is out of step with its saved state, and
+            # the Prune callback deletes only what no resume can need (grok_tune/study_state.py)
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             # the trial directory's TensorBoard files go to the (cloud) storage with the results
             sync_config=tune.SyncConfig(sync_artifacts=True),
-            callbacks=_callbacks(spec, on_cluster),
+            callbacks=_callbacks(spec, uri, on_cluster),
             progress_reporter=reporter,
             verbose=1,
         ),
@@ -397,6 +471,8 @@ def check_storage(storage: str) -> None:
     """Refuse a storage location that cannot hold a study, before anything starts or is written:
     an unknown scheme, an unreachable bucket, a file where a folder belongs, a folder that cannot
     be written. Creates nothing."""
+    if not storage.strip():  # '' would make the current folder the storage, silently
+        raise Refused(f"--storage {storage!r}: empty: name a folder (default {DEFAULT_STORAGE})")
     if is_uri(storage):
         import pyarrow as pa
         import pyarrow.fs as pafs
@@ -475,11 +551,27 @@ def _resources_text(spec: StudySpec) -> str:
     return f"{spec.cpus_per_trial:g} CPU{gpus} per trial"
 
 
-def check_local_resources(spec: StudySpec, sources: dict[str, str]) -> None:
-    """On local Ray a trial that the machine cannot hold would wait forever: refuse it."""
+def machine_resources() -> dict[str, float]:
+    """The CPUs and GPUs local Ray would find on this machine, without starting it (the dry
+    run checks what the real run will). Ray's own detection, a private API: Ray is pinned."""
+    try:
+        from ray._private.accelerators import get_accelerator_manager_for_resource
+        from ray._private.utils import get_num_cpus
+
+        gpus = get_accelerator_manager_for_resource("GPU").get_current_node_num_accelerators()
+        return {"CPU": float(get_num_cpus()), "GPU": float(gpus)}
+    except (ImportError, AttributeError):  # another Ray: the machine's count, no GPU known
+        return {"CPU": float(_local_cpus()), "GPU": 0.0}
+
+
+def check_local_resources(
+    spec: StudySpec, sources: dict[str, str], have: dict[str, float] | None = None
+) -> None:
+    """On local Ray a trial that the machine cannot hold would wait forever: refuse it.
+    ``have``: what the machine offers (default: what the running local Ray has)."""
     import ray
 
-    have = ray.cluster_resources()
+    have = have if have is not None else ray.cluster_resources()
     for key, unit in (("cpus_per_trial", "CPU"), ("gpus_per_trial", "GPU")):
         asked, present = getattr(spec, key), have.get(unit, 0.0)
         if asked > present and not present:
@@ -530,7 +622,14 @@ def _resolve_resume(args: argparse.Namespace, storage: str) -> StudySpec:
     stored_text = _read_text(where)
     if stored_text is None:
         raise Refused(f"--resume: no study {name!r} in {storage} (no {where})")
-    stored = parse_spec(load_yaml(stored_text), where)
+    try:
+        stored_data = load_yaml(stored_text)
+    except yaml.YAMLError as err:
+        raise Refused(f"--resume: {where}: damaged, not valid YAML ({err})") from None
+    try:
+        stored = parse_spec(stored_data, where)
+    except SpecError as err:
+        raise Refused(f"--resume: {where}: damaged, not a study file: {err}") from None
     changes: dict[str, Any] = {}
     if args.space is not None:
         given = parse_spec(read_study_file(args.space), str(args.space), {"name": (name, "")})
@@ -542,12 +641,14 @@ def _resolve_resume(args: argparse.Namespace, storage: str) -> StudySpec:
             )
         changes.update({k: getattr(given, k) for k in RESUMABLE})
     for key in ("num_samples", "members_per_trial"):
-        if getattr(args, key) is not None:
+        given_flag = getattr(args, key)
+        if given_flag is not None and strict_value(given_flag, int) != getattr(stored, key):
             raise Refused(
                 f"{FLAGS[key]}: cannot change on --resume (how the study's configurations are "
                 "laid out in trials is fixed when it began)"
             )
     overrides = {key: (getattr(args, key), flag) for key, flag in FLAGS.items() if key in RESUMABLE}
+    # (a flag equal to the stored value is no change: it is taken, and changes nothing)
     return parse_spec({**stored.model_dump(mode="json"), **changes}, where, overrides)
 
 
@@ -596,6 +697,9 @@ def plan(spec: StudySpec, uri: str, exists: bool, address: str | None) -> str:
             lines.append(f"    ... and {len(points) - MAX_POINTS_LISTED} more")
     if spec.mode == "boundary":
         lines += _boundary_plan(spec)
+    lines += _seed_plan(spec)
+    if spec.members_per_trial > 1:
+        lines += _pack_plan(spec)
     others = {k: d for k, d in spec.distributions.items() if not isinstance(d, Grid)}
     for key, dist in others.items() if spec.mode != "boundary" else ():
         lines.append(f"  {key}: {dist.model_dump()} (sampled per trial)")
@@ -617,6 +721,44 @@ def plan(spec: StudySpec, uri: str, exists: bool, address: str | None) -> str:
     lines.append(f"  study directory: {uri} ({state})")
     lines.append("dry run: nothing was started or written")
     return "\n".join(lines)
+
+
+def _pack_plan(spec: StudySpec) -> list[str]:
+    """How the configurations are packed into Ray trials, and what keeps any apart."""
+    from grok_tune.config import TrainConfig, flat_settings
+    from grok_tune.packing import why_apart
+
+    packs = packs_of(spec)
+    sizes = sorted((len(p) for p in packs), reverse=True)
+    shown = ", ".join(map(str, sizes[:20])) + (", ..." if len(sizes) > 20 else "")
+    lines = [
+        f"  packed: {sum(sizes)} configurations in {len(packs)} Ray trials of "
+        f"{shown} members (members_per_trial {spec.members_per_trial})"
+    ]
+    apart = why_apart([TrainConfig(**flat_settings(c)) for c in member_configs(spec)])
+    if apart and len(packs) > -(-sum(sizes) // spec.members_per_trial):
+        lines.append(
+            f"    kept in separate populations by {', '.join(apart)}: members of one "
+            "population share these (grok_tune/packing.py)"
+        )
+    return lines
+
+
+def _seed_plan(spec: StudySpec) -> list[str]:
+    """What seeds the trials run with: a repeat that repeats its seed repeats the run."""
+    seeds = spec.repeat_seeds()
+    if seeds:
+        what = "repeat" if spec.mode == "grid" else "trial"
+        base = f"params.seed {seeds[0]}" if SEED in spec.fixed else "seed 0"
+        return [f"  seeds: {what} r runs with {base} + r: {seeds}"]
+    if spec.mode in ("grid", "random") and spec.num_samples > 1:
+        return [
+            f"  seeds: the {spec.num_samples} repeats take the seeds params.seed or the variants "
+            "give: a repeat of a seed is the same run (bit for bit on CPU)"
+        ]
+    if spec.mode != "boundary" and SEED not in spec.params:
+        return ["  seeds: every trial runs with seed 0 (params.seed: {grid: [0, 1, 2]} for more)"]
+    return []
 
 
 def _boundary_plan(spec: StudySpec) -> list[str]:
@@ -667,14 +809,16 @@ def main(argv: list[str] | None = None) -> int:
         uri = study_uri(args.storage, spec.name)
         check_storage(args.storage)
         exists = _exists(uri)
+        if args.dry_run and args.address is None:  # what the real run would refuse, first
+            check_local_resources(spec, _sources(args), machine_resources())
         if args.dry_run:
             try:
                 print(plan(spec, uri, exists, args.address))
             except BrokenPipeError:  # `| head` closed the pipe: not an error of ours
                 sys.stderr.close()
             return 0
-        if args.resume and not exists:
-            raise Refused(f"--resume: no study state at {uri} (it never started a trial)")
+        if args.resume:
+            _check_resumable(spec, uri)
         if not args.resume and exists:
             raise Refused(
                 f"study {spec.name!r} already exists at {uri}: --resume it or pick --name"
@@ -694,21 +838,95 @@ def main(argv: list[str] | None = None) -> int:
         f"{uri}/{STUDY_FILE}", yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
     )
     tuner = make_tuner(spec, args.storage, args.resume, on_cluster=args.address is not None)
+    stop = _Stop()
     try:
-        results = tuner.fit()
+        with stop.catching(), _without_tunes_resume_hint():
+            results = tuner.fit()
     except KeyboardInterrupt:  # a second Ctrl-C: Tune saved its state at the first
         print(f"\nstudy {spec.name}: interrupted; {_resume_command(spec, args)}", file=sys.stderr)
-        return INTERRUPTED
+        return stop.status
+    study_state.prune(uri)  # Tune's final state is written: what no resume needs goes
 
     from grok_tune.results import write_results
 
     paths = write_results(
-        results, uri, packs=packs_of(spec) if spec.members_per_trial > 1 else None
+        results,
+        uri,
+        packs=packs_of(spec) if spec.members_per_trial > 1 else None,
+        planned=member_configs(spec) if spec.mode in ("grid", "random") else None,
     )
     if spec.mode == "optuna" and is_uri(uri):
         journal = Path("~/.grok_tune/optuna").expanduser() / f"{spec.name}.journal"
         _write_text(f"{uri}/{OPTUNA_FILE}", journal.read_text())
-    return _print_summary(spec, uri, paths, args)
+    return _print_summary(spec, uri, paths, args, stop.status)
+
+
+def _check_resumable(spec: StudySpec, uri: str) -> None:
+    """Refuse a resume that would run something else than the study: damaged or missing state
+    files, or an Optuna study in another folder than the one it began in."""
+    if not _exists(uri) and study_state.newest_state_file(uri) is None:
+        raise Refused(f"--resume: no study state at {uri} (it never started a trial)")
+    try:
+        trials = study_state.check_resumable(uri)
+    except study_state.DamagedState as err:
+        raise Refused(f"--resume: {err}") from None
+    old = study_state.moved_from(uri, trials)
+    if old and spec.mode == "optuna":
+        # Optuna's journal is bound to the path it was opened at, inside Tune's saved searcher
+        raise Refused(
+            f"--resume: this Optuna study began at {old} and is now at {uri}: its Optuna journal "
+            f"would still be written at {old}. Resume it where it began"
+        )
+
+
+class _Stop:
+    """SIGTERM (schedulers, `timeout`, `ray stop`, container runtimes) ends a study as Ctrl-C
+    does: Tune stops, saves its state, the results are written, the resume command printed,
+    with 143 (128 + SIGTERM) as exit status; Ctrl-C gives 130."""
+
+    def __init__(self) -> None:
+        self.status = INTERRUPTED
+
+    def catching(self) -> Any:
+        import contextlib
+        import signal
+
+        @contextlib.contextmanager
+        def handler() -> Any:
+            def on_term(signum: int, frame: Any) -> None:
+                self.status = TERMINATED
+                # Tune's own graceful stop listens to SIGUSR1 as to SIGINT (ray.tune.tune)
+                os.kill(os.getpid(), signal.SIGUSR1)
+
+            previous = signal.signal(signal.SIGTERM, on_term)
+            try:
+                yield
+            finally:
+                signal.signal(signal.SIGTERM, previous)
+
+        return handler()
+
+
+def _without_tunes_resume_hint() -> Any:
+    """Tune's own "Resume experiment with: Tuner.restore(...)" is not how a grok_tune study is
+    resumed: ours is printed instead."""
+    import contextlib
+    import logging
+
+    class Hide(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "Resume experiment with" not in record.getMessage()
+
+    @contextlib.contextmanager
+    def hidden() -> Any:
+        logger, hide = logging.getLogger("ray.tune.tune"), Hide()
+        logger.addFilter(hide)
+        try:
+            yield
+        finally:
+            logger.removeFilter(hide)
+
+    return hidden()
 
 
 def _resume_command(spec: StudySpec, args: argparse.Namespace) -> str:
@@ -720,20 +938,27 @@ def _resume_command(spec: StudySpec, args: argparse.Namespace) -> str:
 
 
 def _print_summary(
-    spec: StudySpec, uri: str, paths: dict[str, str], args: argparse.Namespace
+    spec: StudySpec,
+    uri: str,
+    paths: dict[str, str],
+    args: argparse.Namespace,
+    interrupted_status: int = INTERRUPTED,
 ) -> int:
+    """The study's closing lines; the exit status: 0 every trial finished, 1 some failed,
+    130/143 interrupted (resume it)."""
     from grok_tune.results import read_trials
 
     trials = read_trials(uri)
     counts = trials[REGION].value_counts()
     regions = ", ".join(f"{r}: {counts[r]}" for r in REGIONS if r in counts) or "none"
-    status = trials[m.STATUS].value_counts().to_dict()
-    running = int(status.get(m.Status.RUNNING, 0))
-    # trials that never started (a boundary search decides its number as it goes: only its
-    # running trials count as unfinished)
-    never = 0 if spec.mode == "boundary" else max(0, spec.num_trials() - len(trials))
-    unfinished = running + never
-    finished = len(trials) - running
+    status = {str(k): int(v) for k, v in trials[m.STATUS].value_counts().items()}
+    unstarted = (str(m.Status.RUNNING), str(m.Status.PENDING))
+    # an Optuna study's trials that Tune never created (grid and random ones are rows, pending;
+    # a boundary search decides its number as it goes)
+    never = max(0, spec.num_trials() - len(trials)) if spec.mode == "optuna" else 0
+    unfinished = sum(status.get(s, 0) for s in unstarted) + never
+    failed = status.get(str(m.Status.ERROR), 0)
+    finished = len(trials) - sum(status.get(s, 0) for s in (*unstarted, str(m.Status.ERROR)))
     planned = f"at most {spec.num_trials()}" if spec.mode == "boundary" else spec.num_trials()
     print(f"\nstudy {spec.name}: {finished} of {planned} trials finished")
     print(f"  regions: {regions}; status: {status}")
@@ -744,7 +969,13 @@ def _print_summary(
             f"  interrupted: {unfinished} trials unfinished (no region); "
             f"{_resume_command(spec, args)}"
         )
-        return INTERRUPTED
+        return interrupted_status
+    if failed:
+        print(
+            f"  failed: {failed} trials raised an error (status 'error', the message in the "
+            f"'error' column of {paths['trials']}); {_resume_command(spec, args)} retries them"
+        )
+        return TRIALS_FAILED
     return 0
 
 

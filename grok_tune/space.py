@@ -44,10 +44,12 @@ from pydantic import (
 
 from grok_tune import metrics as m
 from grok_tune.cli import did_you_mean
-from grok_tune.config import TrainConfig
+from grok_tune.config import TrainConfig, strict_value
 from grok_tune.regions import REGIONS
 
-Scalar = bool | int | float | str | None
+# inf and nan pass here so that the setting's own check names them in one line ("a finite
+# number"), instead of four lines from the union's members
+Scalar = bool | int | Annotated[float, Field(allow_inf_nan=True)] | str | None
 
 
 class _Yaml12Numbers(yaml.SafeLoader):
@@ -59,6 +61,25 @@ _Yaml12Numbers.add_implicit_resolver(
     re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
     list("-+0123456789"),
 )
+
+
+def _no_duplicate_keys(loader: _Yaml12Numbers, node: yaml.MappingNode, deep: bool = False) -> Any:
+    """A mapping whose key appears twice is refused: YAML keeps the last one silently, so
+    `p: 7` written twice in a long file would run whichever came last."""
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} given twice (lines {seen[key]} and {line})",
+                key_node.start_mark,
+            )  # fmt: skip
+        seen[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Yaml12Numbers.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicate_keys)
 
 
 def load_yaml(text: str) -> Any:
@@ -105,6 +126,10 @@ class Uniform(_Dist):
         return list(self.uniform)
 
 
+# p goes up to 1000: every integer range a study can hold in a table is enumerated whole
+INT_RANGE_ENUMERATED = 1001
+
+
 class IntRange(_Dist):
     int: tuple[int, int]  # both ends included
 
@@ -116,7 +141,10 @@ class IntRange(_Dist):
         return v
 
     def candidates(self) -> list[Scalar]:
-        return list(self.int)
+        # every value a range can produce, when there are few enough to try them all: a rule
+        # such as "p is prime" (division) can fail between two valid ends
+        lo, hi = self.int
+        return list(range(lo, hi + 1)) if hi - lo < INT_RANGE_ENUMERATED else [lo, hi]
 
 
 class Choice(_Dist):
@@ -168,10 +196,19 @@ class Objective(BaseModel):
     mode: Literal["min", "max"] = "min"
 
 
+SEED = "seed"  # the setting a repeat changes
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 BOUNDARY_KEYS = ("initial", "depth", "max_trials", "same", "trace")
 # Settings of the study that --resume may change: how trials run, never what they compute.
 RESUMABLE = ("max_concurrent", "cpus_per_trial", "gpus_per_trial", "checkpoint_every")
+
+
+# Top-level keys that only some modes read: elsewhere they would do nothing, silently.
+MODE_ONLY = {"seed": ("random", "optuna"), "objective": ("optuna",)}
+MODE_ONLY_WHY = {
+    "seed": "the sampler's seed (a trial's own seed is params.seed)",
+    "objective": "what the sampler optimizes",
+}
 
 
 class StudySpec(BaseModel):
@@ -199,7 +236,7 @@ class StudySpec(BaseModel):
     initial: int = Field(5, ge=2, le=65, description="boundary: points per axis to start with")
     depth: int = Field(3, ge=0, le=10, description="boundary: levels of refinement")
     max_trials: int | None = Field(None, ge=1, description="boundary: at most this many trials")
-    same: list[list[Literal[REGIONS]]] = Field(  # type: ignore[valid-type]
+    same: list[list[Literal[tuple(str(r) for r in REGIONS)]]] = Field(  # type: ignore[valid-type]
         default_factory=list,
         description="boundary: regions counted as one label, e.g. [[grok, generalize]]",
     )
@@ -208,6 +245,15 @@ class StudySpec(BaseModel):
     # mode grid: bundles of settings, each crossed with the grid (one remedy each, say); a
     # variant's keys are settings the params do not name
     variants: list[dict[str, Scalar]] = Field(default_factory=list)
+
+    @field_validator(
+        "num_samples", "seed", "max_concurrent", "cpus_per_trial", "gpus_per_trial",
+        "checkpoint_every", "max_failures", "members_per_trial", "initial", "depth",
+        "max_trials", "trace", mode="before",
+    )  # fmt: skip
+    @classmethod
+    def _strict(cls, value: Any, info: Any) -> Any:
+        return strict_value(value, cls.model_fields[info.field_name].annotation)
 
     @model_validator(mode="before")
     @classmethod
@@ -279,6 +325,14 @@ class StudySpec(BaseModel):
                 raise ValueError(
                     f"variants[{i}]: {', '.join(both)} also in params: name a setting in one place"
                 )
+        fields = type(self).model_fields
+        for key, modes in MODE_ONLY.items():
+            default = fields[key].get_default(call_default_factory=True)
+            if self.mode not in modes and getattr(self, key) != default:
+                raise ValueError(
+                    f"{key}: {MODE_ONLY_WHY[key]}, used by mode {' and '.join(modes)} only; "
+                    f"mode {self.mode} would ignore it"
+                )
         if self.mode == "optuna" and not self.distributions:
             raise ValueError("mode optuna needs at least one param given as a distribution")
         if self.members_per_trial > 1 and self.mode not in ("grid", "random"):
@@ -289,7 +343,6 @@ class StudySpec(BaseModel):
         if self.mode == "boundary":
             self._check_boundary()
         else:
-            fields = type(self).model_fields
             changed = [
                 k
                 for k in BOUNDARY_KEYS
@@ -345,6 +398,18 @@ class StudySpec(BaseModel):
             }
             for variant, *combo in combos
         ]
+
+    def repeat_seeds(self) -> list[int] | None:
+        """The seeds of a grid or random study's repeats (``num_samples``): repeat r runs with
+        params.seed (its fixed value, else 0) + r, so that repeats repeat the experiment, not
+        the run (the same seed gives the same run, bit for bit on CPU). None when there is
+        nothing to give: one sample, or seeds that params or the variants choose themselves."""
+        if self.mode not in ("grid", "random") or self.num_samples == 1:
+            return None
+        if SEED in self.distributions or any(SEED in v for v in self.variants):
+            return None
+        base = int(self.fixed.get(SEED) or 0)
+        return [base + r for r in range(self.num_samples)]
 
     def num_trials(self) -> int:
         """The trials the study runs (mode boundary: the most it may run)."""
@@ -417,12 +482,25 @@ def _describe(
         message = _message(e, model)
         if e["type"] == "extra_forbidden":
             loc = loc[:-1]  # the message names the key itself
-        if flags and e["loc"] and str(e["loc"][0]) in flags:
+        # a rule between keys names its key first ("members_per_trial: ..."): a flag's value
+        # is blamed on the flag, not on the file
+        named = message.split(":", 1)[0] if not e["loc"] else None
+        if flags and named in flags:
+            lines.append(f"{flags[named]}{message[len(named) :]}")
+        elif flags and e["loc"] and str(e["loc"][0]) in flags:
             given = f" {e['input']!r}" if repr(e["input"]) not in message else ""
             lines.append(f"{flags[str(e['loc'][0])]}{given}: {message}")
         else:
             lines.append(f"{where}: {'.'.join(loc) or '(top level)'}: {message}")
     return list(dict.fromkeys(lines))
+
+
+def _whole_numbers_only(key: str) -> bool:
+    """A setting that takes whole numbers and no fractions (steps, p, seed...)."""
+    from grok_tune.config import _kinds
+
+    kinds = _kinds(TrainConfig.model_fields[key].annotation)
+    return int in kinds and float not in kinds
 
 
 def _kind_name(dist: _Dist) -> str:
@@ -451,14 +529,24 @@ def _normalize(spec: StudySpec, where: str) -> tuple[StudySpec, list[str]]:
         params = dict(spec.fixed)
     for key, dist in spec.distributions.items():
         kind, values = _kind_name(dist), []
+        if isinstance(dist, Uniform | LogUniform) and _whole_numbers_only(key):
+            problems.append(
+                f"{where}: params.{key}.{kind}: {key} is a whole number, and a {kind} range "
+                f"draws fractions: use {{int: [lo, hi]}}, or a choice or grid of whole numbers"
+            )
+            params[key] = dist
+            continue
         for i, value in enumerate(dist.candidates()):
+            # an int range is tried whole (IntRange.candidates): name the value, not its index
+            at = f"{kind}: {value!r} (in {list(dist.int)})" if kind == "int" else f"{kind}[{i}]"
+            at = at if kind == "int" else f"{at} = {value!r}"
             try:
                 values.append(getattr(TrainConfig(**{**fixed, key: value}), key))
             except ValidationError as err:
                 for e in err.errors(include_url=False):
                     msg = _message(e, None)
                     problems.append(
-                        f"{where}: params.{key}.{kind}[{i}] = {value!r}: {msg}"
+                        f"{where}: params.{key}.{at}: {msg}"
                         if e["loc"] in ((key,), ())
                         else f"{where}: params.{'.'.join(map(str, e['loc']))}: {msg}"
                     )

@@ -24,13 +24,14 @@ class TrialLog:
         self,
         log_dir: str | Path,
         hparams: dict[str, Any],
-        resume_step: int | None,
+        resume_step: int,
         positions: tuple[str, ...] = (),
     ):
         self.tags = (*m.CURVE_METRICS, *m.position_metrics(positions))
-        # purge_step hides what an interrupted attempt logged after the checkpoint we resume from
+        # purge_step hides what an earlier, interrupted attempt logged from the step this one
+        # logs again: after its checkpoint, or everything when it starts over from step 0
         self.writer = SummaryWriter(str(log_dir), purge_step=resume_step)
-        if resume_step is None:
+        if resume_step == 0:
             _, session_start, _ = hparams_summaries(_tb_values(hparams), {})
             self.writer.file_writer.add_summary(session_start)
 

@@ -302,6 +302,7 @@ def _positive_int(text: str) -> int:
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.pt"
+OUTCOME_FILE = "outcome.json"
 
 
 def build_parser() -> Parser:
@@ -405,6 +406,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.fail(f"--resume: {ckpt}: {err}")
         except Exception:
             parser.fail(f"--resume: {ckpt} is not a grok_tune checkpoint (it cannot be read)")
+    elif args.resume and (out / OUTCOME_FILE).exists():  # a finished run is never overwritten
+        parser.fail(
+            f"--resume: {out} holds a finished run ({OUTCOME_FILE}) but no {CHECKPOINT_FILE} to "
+            "continue from: nothing to resume (train again into another --out)"
+        )
     elif args.resume:
         print(f"no {CHECKPOINT_FILE} in {out} yet: starting the run from step 0")
     out.mkdir(parents=True, exist_ok=True)  # only now: a refused command leaves nothing behind
@@ -424,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
 
     pd.DataFrame(trainer.history).to_csv(out / "curve.csv", index=False)
     outcome = {**cfg.used(), **trainer.summary(), **final, **trainer.phases()}
-    (out / "outcome.json").write_text(json.dumps(outcome, indent=2) + "\n")
+    (out / OUTCOME_FILE).write_text(json.dumps(outcome, indent=2) + "\n")
     print(
         f"{final[m.STATUS]}: memorized at step {final[m.STEPS_TO_MEMORIZE]}, generalized at step "
         f"{final[m.STEPS_TO_GENERALIZE]} (None = not within {trainer.step} steps); "

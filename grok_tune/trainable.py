@@ -76,8 +76,9 @@ def grokking_trial(config: dict[str, Any], checkpoint_every: int = 1000) -> None
     trainer = Trainer(cfg, device)
     restored = _restore(trainer.load)
     where = {**_where(device), **trainer.summary()}
-    # a resumed trial re-logs what came after its checkpoint, which logged its own step
-    resume_step = trainer.step + 1 if restored else None
+    # a resumed trial re-logs what came after its checkpoint, which logged its own step; one
+    # that restarts from step 0 (killed before its first checkpoint) re-logs everything
+    resume_step = trainer.step + 1 if restored else 0
     log = TrialLog(
         ctx.get_trial_dir(), {**cfg.used(), **where}, resume_step, trainer.layout.position_names
     )
@@ -115,7 +116,7 @@ def population_trial(
     population = Population(cfgs, device)
     restored = _restore(population.load)
     where = [{**_where(device), **population.summary(i)} for i in range(len(cfgs))]
-    resume_step = population.step + 1 if restored else None
+    resume_step = population.step + 1 if restored else 0
     positions = population.layout.position_names
     logs = [
         TrialLog(Path(ctx.get_trial_dir()) / member_dir(i), {**cfg.used(), **where[i]},

@@ -99,10 +99,10 @@ SEARCH_CASES: list[tuple[str, list[str], Any, list[str]]] = [
     ("cpus 0 in file", [], study(cpus_per_trial=0), ["cpus_per_trial", "greater than 0"]),
     ("gpus 1.5 in file", [], study(gpus_per_trial=1.5), ["gpus_per_trial", "1.5"]),
     # flags: named as flags, not blamed on the file
-    ("--num-samples", ["--num-samples", "0"], GOOD, ["--num-samples '0'"]),
+    ("--num-samples", ["--num-samples", "0"], GOOD, ["--num-samples 0: Input should be greater"]),
     ("--cpus-per-trial", ["--cpus-per-trial", "-1"], GOOD, ["--cpus-per-trial '-1'"]),
     ("--gpus-per-trial", ["--gpus-per-trial", "half"], GOOD, ["--gpus-per-trial 'half'"]),
-    ("--max-concurrent", ["--max-concurrent", "0"], GOOD, ["--max-concurrent '0'"]),
+    ("--max-concurrent", ["--max-concurrent", "0"], GOOD, ["--max-concurrent 0: Input"]),
     ("--name", ["--name", "a b"], GOOD, ["--name: 'a b' cannot name a study folder"]),
     ("--storage scheme", ["--storage", "foo://bar"], GOOD, ["--storage foo://bar"]),
     ("--address refused", ["--address", "127.0.0.1:1"], GOOD, ["--address 127.0.0.1:1"]),

@@ -105,10 +105,10 @@ def test_cli_refuses_a_malformed_file_and_writes_nothing(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("flag", "value", "message"),
     [
-        ("--num-samples", "0", "--num-samples '0': Input should be greater than or equal to 1"),
+        ("--num-samples", "0", "--num-samples 0: Input should be greater than or equal to 1"),
         ("--cpus-per-trial", "-1", "--cpus-per-trial '-1': Input should be greater than 0"),
         ("--gpus-per-trial", "half", "--gpus-per-trial 'half': Input should be a valid number"),
-        ("--max-concurrent", "0", "--max-concurrent '0': Input should be greater than or equal to"),
+        ("--max-concurrent", "0", "--max-concurrent 0: Input should be greater than or equal to"),
         ("--name", "a b", "--name: 'a b' cannot name a study folder"),
     ],
 )
