@@ -506,10 +506,8 @@ def _address_host_port(address: str) -> tuple[str, int] | None:
     return host.strip("[]"), int(port)
 
 
-def start_ray(address: str | None) -> None:
-    """Start local Ray, or join the cluster at ``address`` within about CONNECT_TIMEOUT_S."""
-    import ray
-
+def check_address(address: str | None) -> None:
+    """Refuse a cluster address that is malformed or where nothing answers."""
     host_port = None if address is None else _address_host_port(address)
     if host_port:
         try:  # Ray retries a dead address for minutes, deaf to SIGTERM: a plain TCP look first
@@ -517,6 +515,13 @@ def start_ray(address: str | None) -> None:
         except OSError as err:
             reason = "timed out" if isinstance(err, TimeoutError) else err.strerror or str(err)
             raise Refused(f"--address {address}: no Ray cluster answers there ({reason})") from None
+
+
+def start_ray(address: str | None) -> None:
+    """Start local Ray, or join the cluster at ``address`` within about CONNECT_TIMEOUT_S."""
+    import ray
+
+    check_address(address)
     if ray.is_initialized():  # a caller's session (the tests'): use it
         return
     # trials' own output repeats what the progress table shows; errors reach Tune regardless
@@ -811,6 +816,8 @@ def main(argv: list[str] | None = None) -> int:
         exists = _exists(uri)
         if args.dry_run and args.address is None:  # what the real run would refuse, first
             check_local_resources(spec, _sources(args), machine_resources())
+        elif args.dry_run:
+            check_address(args.address)
         if args.dry_run:
             try:
                 print(plan(spec, uri, exists, args.address))
@@ -864,7 +871,13 @@ def main(argv: list[str] | None = None) -> int:
 def _check_resumable(spec: StudySpec, uri: str) -> None:
     """Refuse a resume that would run something else than the study: damaged or missing state
     files, or an Optuna study in another folder than the one it began in."""
-    if not _exists(uri) and study_state.newest_state_file(uri) is None:
+    if study_state.newest_state_file(uri) is None:
+        if _exists(uri):  # Tune would silently start it over, beside what the first run left
+            raise Refused(
+                f"--resume: {uri} holds no saved progress (stopped before Ray Tune first saved "
+                "its state, a second or so after the start): run it anew under another --name, "
+                "or delete the folder"
+            )
         raise Refused(f"--resume: no study state at {uri} (it never started a trial)")
     try:
         trials = study_state.check_resumable(uri)

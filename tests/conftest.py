@@ -36,21 +36,13 @@ def kill_study_when(space, storage, address: str, ready, timeout: float = 240.0)
     """Run a study in its own process on the session's cluster and SIGKILL it once
     ``ready(study_dir)`` holds, as a crash would (Tune snapshots its state every second)."""
     import signal
-    import subprocess
-    import sys
     import time
     from pathlib import Path
 
     import yaml
 
     name = yaml.safe_load(Path(space).read_text())["name"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "grok_tune.search", "--space", str(space),
-         "--storage", str(storage), "--address", address],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"},
-    )  # fmt: skip
+    proc = start_study(space, storage, address)
     study = Path(storage) / name
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not ready(study):
@@ -59,6 +51,22 @@ def kill_study_when(space, storage, address: str, ready, timeout: float = 240.0)
     assert proc.poll() is None, "the study finished before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+def start_study(space, storage, address: str, output=None):
+    """``python -m grok_tune.search`` in its own process on the session's cluster, with Tune
+    saving its state every second (its default is every 10 s or more)."""
+    import subprocess
+    import sys
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "grok_tune.search", "--space", str(space),
+         "--storage", str(storage), "--address", address],
+        stdout=output or subprocess.DEVNULL,
+        stderr=subprocess.STDOUT if output else subprocess.DEVNULL,
+        env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"},
+        text=True,
+    )  # fmt: skip
 
 
 def any_trial_done(study) -> bool:

@@ -95,6 +95,93 @@ SEARCH_CASES: list[tuple[str, list[str], Any, list[str]]] = [
         params(p={"grid": [3, 23]}, frac={"grid": [0.05, 0.5]}),
         ["the combination", "p = 3", "frac = 0.05"],
     ),
+    # values whose meaning would change silently (issue 16)
+    (
+        "uniform for a whole number",
+        [],
+        params(steps={"uniform": [100, 150]}),
+        ["params.steps.uniform: steps is a whole number", "{int: [lo, hi]}"],
+    ),
+    (
+        "non-prime inside an int range",
+        [],
+        {**params(op="x/y", p={"int": [11, 13]}, seed=None), "mode": "random"},
+        ["params.p.int: 12 (in [11, 13])", "not prime"],
+    ),
+    ("a boolean for steps", [], params(steps=True), ["params.steps", "reads as a boolean"]),
+    (
+        "yes for a number",
+        [],
+        "name: b\nmode: grid\nparams: {weight_decay: yes, seed: {grid: [0, 1]}}",
+        ["params.weight_decay", "reads as a boolean, not a number"],
+    ),
+    (
+        "a number for a boolean",
+        [],
+        params(layer_norm=0),
+        ["params.layer_norm", "write true or false"],
+    ),
+    (
+        "duplicate key",
+        [],
+        "name: b\nmode: grid\nname: c\nparams: {seed: {grid: [0, 1]}}",
+        ["key 'name' given twice (lines 1 and 3)"],
+    ),
+    (
+        "duplicate setting",
+        [],
+        "name: b\nmode: grid\nparams:\n  p: 7\n  p: 11\n  seed: {grid: [0, 1]}",
+        ["key 'p' given twice (lines 4 and 5)"],
+    ),
+    (
+        "1e400",
+        [],
+        "name: b\nmode: grid\nparams: {lr: 1e400, seed: {grid: [0, 1]}}",
+        ["params.lr: Input should be a finite number"],
+    ),
+    (
+        ".nan",
+        [],
+        "name: b\nmode: grid\nparams: {lr: .nan, seed: {grid: [0, 1]}}",
+        ["params.lr: Input should be a finite number"],
+    ),
+    (
+        ".inf in a grid",
+        [],
+        params(lr={"grid": [float("inf"), 1e-3]}),
+        ["params.lr.grid[0] = inf: Input should be a finite number"],
+    ),
+    (
+        "top-level seed in a grid",
+        [],
+        study(seed=3),
+        ["seed: the sampler's seed", "mode grid would ignore it"],
+    ),
+    (
+        "objective in a grid",
+        [],
+        study(objective={"metric": "val_acc", "mode": "max"}),
+        ["objective: what the sampler optimizes", "used by mode optuna only"],
+    ),
+    (
+        "bad region in same",
+        [],
+        study(mode="boundary", same=[["grok", "grokk"]]),
+        ["'confusion', 'memorize'"],
+    ),
+    ("--storage ''", ["--storage", ""], GOOD, ["--storage '': empty"]),
+    (
+        "--members-per-trial on optuna",
+        ["--members-per-trial", "2"],
+        {**params(seed=None, lr={"loguniform": [1e-3, 1e-2]}), "mode": "optuna"},
+        ["--members-per-trial: packs grid and random studies"],
+    ),
+    (
+        "preset with another task",
+        [],
+        params(preset="nanda2023", task="addition", p=None, op=None),
+        ["preset nanda2023 is set up for task table", "come from it"],
+    ),
     # resources in the file
     ("cpus 0 in file", [], study(cpus_per_trial=0), ["cpus_per_trial", "greater than 0"]),
     ("gpus 1.5 in file", [], study(gpus_per_trial=1.5), ["gpus_per_trial", "1.5"]),
@@ -132,12 +219,15 @@ def snapshot(folder: Path) -> dict[str, float]:
     return {str(p): p.stat().st_mtime for p in folder.rglob("*")}
 
 
+@pytest.mark.parametrize("dry_run", [False, True], ids=["run", "dry run"])
 @pytest.mark.parametrize(
     ("flags", "contents", "expected"),
     [case[1:] for case in SEARCH_CASES],
     ids=[case[0] for case in SEARCH_CASES],
 )
-def test_search_refuses_bad_input(tmp_path, capsys, flags, contents, expected):
+def test_search_refuses_bad_input(tmp_path, capsys, flags, contents, expected, dry_run):
+    # the dry run checks what the real run checks (issue 16: it passed 64 CPUs per trial)
+    flags = [*flags, "--dry-run"] if dry_run else flags
     space = tmp_path / "bad.yaml"
     if isinstance(contents, bytes):
         space.write_bytes(contents)
