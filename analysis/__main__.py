@@ -60,9 +60,9 @@ def run_all(study: Study, out: Path | None = None) -> dict[str, Path]:
             fraction_curve.format_table(fraction_curve.fraction_table(study)),
             lambda: fraction_curve.plot_fraction_curve(study, out=out).path,
         )
-    figures["embeddings"] = lambda: embeddings.plot_embeddings(
-        study, mod=embeddings.AUTO, out=out
-    ).path
+    figures["embeddings"] = lambda: (
+        embeddings.plot_embeddings(study, mod=embeddings.AUTO, out=out).path
+    )
     if study.is_optuna:
         figures["importance"] = lambda: importance.plot_importance(study, out).path
     paths: dict[str, Path] = {}

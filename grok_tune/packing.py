@@ -86,7 +86,5 @@ def why_apart(cfgs: Sequence[TrainConfig]) -> list[str]:
     if not keys:
         return []
     return [
-        name
-        for i, (name, _) in enumerate(keys[0])
-        if len({repr(key[i][1]) for key in keys}) > 1
+        name for i, (name, _) in enumerate(keys[0]) if len({repr(key[i][1]) for key in keys}) > 1
     ]
