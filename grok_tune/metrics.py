@@ -1,14 +1,23 @@
 """What a run measures, and the names it goes by everywhere.
 
 These names are the keys of the engine's evaluations, of ``tune.report``, the columns of
-``trials.parquet`` and ``curves.parquet``, and the TensorBoard tags: import them, never retype.
-A task whose answer has several positions (the digits of a sum) adds each position's own loss
-and accuracy under ``position_metric(TRAIN_LOSS, "digit0")`` = ``train_loss_digit0``, and so on.
+``trials.parquet`` and ``curves.parquet``: import them, never retype. A task whose answer has
+several positions (the digits of a sum) adds each position's own loss and accuracy under
+``position_metric(TRAIN_LOSS, "digit0")`` = ``train_loss_digit0``, and so on.
+
+TensorBoard is the one place a metric goes by another name: its Time Series dashboard groups
+charts by the tag's part before the first ``/`` and sorts the groups by name, so a flat
+``val_acc`` would be a section of its own, far below ``fourier_sparsity``. ``tensorboard_tag``
+is the one mapping (``train_acc`` -> ``acc/train``, ``val_loss_digit0`` -> ``loss/val_digit0``,
+``weight_norm`` -> ``measures/weight_norm``, ``steps_to_generalize`` ->
+``outcome/steps_to_generalize``): accuracy and loss open first, the measures after, the
+outcome last. Whatever writes or reads TensorBoard tags goes through it.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
@@ -59,6 +68,23 @@ ACCURACY_THRESHOLD = 0.99
 EVAL_CHUNK = 512
 # Nanda et al. found about five key frequencies in a grokked modular-addition embedding.
 FOURIER_KEY_FREQUENCIES = 5
+
+
+# TensorBoard's tag groups (see the module's docstring), in the order the dashboard sorts them
+TAG_GROUPS = ("acc", "loss", "measures", "outcome")
+_SPLIT_METRIC = re.compile(r"^(train|val)_(acc|loss)(_\w+)?$")
+
+
+def tensorboard_tag(name: str) -> str:
+    """The TensorBoard tag of metric ``name``: ``acc/train``, ``loss/val_digit0``,
+    ``measures/weight_norm``, ``outcome/steps_to_generalize``."""
+    split_metric = _SPLIT_METRIC.match(name)
+    if split_metric:
+        split, kind, position = split_metric.groups()
+        return f"{kind}/{split}{position or ''}"
+    if name in (STEPS_TO_MEMORIZE, STEPS_TO_GENERALIZE, OBJECTIVE, *PHASE_OUTCOMES):
+        return f"outcome/{name}"
+    return f"measures/{name}"
 
 
 def position_metric(name: str, position: str) -> str:

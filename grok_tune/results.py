@@ -20,6 +20,7 @@ import math
 import re
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,12 @@ from grok_tune import metrics as m
 from grok_tune.config import MEMBERS, PACK, TrainConfig, flat_settings
 from grok_tune.events import DEFAULT_PHASE_RULE, PhaseRule, phase_outcome, run_phase_changes
 from grok_tune.layout import CURVES_FILE, PHASES_FILE, TRIAL_ID, TRIALS_FILE
+from grok_tune.naming import differing_settings, member_dir
 from grok_tune.regions import DEFAULT_RULE, REGION, REGION_RULE, RegionRule, classify_trials
 from grok_tune.tasks import INFINITE
 
 PHASE_RULE = "phase_rule"
+SETTING_SUFFIX = "_setting"  # curves_with_settings: lr_setting beside the curve's lr
 
 _OUTCOME_COLUMNS: dict[str, pa.DataType] = {
     m.STATUS: pa.string(),
@@ -105,6 +108,9 @@ _POSITION_METRIC = re.compile(r"^(train|val)_(acc|loss)_(\w+)$")
 
 
 def _trial_id(result: Any) -> str:
+    # Tune puts the trial's id into every Result's metrics, even one that never reported (its
+    # last_result); the folder is read only for a Result made by hand. Folders are named by
+    # grok_tune/naming.py (t00003_frac=0.5) and hold no id; Tune's own names did (old studies).
     tid = (result.metrics or {}).get("trial_id")
     if tid:
         return str(tid)
@@ -163,9 +169,12 @@ def trial_row(result: Any) -> dict[str, Any]:
     return row
 
 
-def member_rows(result: Any, configs: list[dict[str, Any]]) -> list[tuple[dict, pd.DataFrame]]:
+def member_rows(
+    result: Any, configs: list[dict[str, Any]], keys: Sequence[str] = ()
+) -> list[tuple[dict, pd.DataFrame]]:
     """A packed trial's configurations (a population, grok_tune/trainable.py): per member its
-    row of trials.parquet and its curve, read from the trial's reports (``members/<i>/...``)."""
+    row of trials.parquet and its curve, read from the trial's reports (``members/<i>/...``);
+    ``keys``: the settings that vary in the study, which name the members' folders."""
     df = result.metrics_dataframe
     tid = _trial_id(result)
     last_report = dict(result.metrics or {})
@@ -192,7 +201,7 @@ def member_rows(result: Any, configs: list[dict[str, Any]]) -> list[tuple[dict, 
         # the population's time, shared among its members: summing the column counts it once
         total = last_report.get("time_total_s")
         row["wall_time_s"] = None if total is None else total / len(configs)
-        row["trial_dir"] = str(Path(result.path) / f"member_{i}")
+        row["trial_dir"] = str(Path(result.path) / member_dir(i, config, keys))
         if result.error is not None:
             row[m.STATUS] = str(m.Status.ERROR)
             row["error"] = f"{type(result.error).__name__}: {result.error}".strip()[:2000]
@@ -287,10 +296,11 @@ def tables(
     every configuration the study runs (grid, random), so that those no trial ran yet are rows
     too (status 'pending')."""
     rows, curve_frames = [], []
+    keys = differing_settings(c for p in packs or [] for c in p)
     for result in results:
         pack = (_trial_config(result) or {}).get(PACK)
         if packs is not None and pack is not None:
-            for row, curve in member_rows(result, packs[pack]):
+            for row, curve in member_rows(result, packs[pack], keys):
                 rows.append(row)
                 curve_frames.append(curve)
         else:
@@ -369,3 +379,25 @@ def read_curves(study_uri: str) -> pd.DataFrame:
 
 def read_phases(study_uri: str) -> pd.DataFrame:
     return pq.read_table(f"{study_uri}/{PHASES_FILE}").to_pandas()
+
+
+def curves_with_settings(study_uri: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """curves.parquet with its trial's settings beside every evaluation: by default the
+    settings that vary among the trials (in TrainConfig's order), then ``region`` and
+    ``status``; ``columns`` picks any columns of trials.parquet instead. The join the README
+    shows, on ``trial_id``: one row per evaluation, as in curves.parquet. A setting named as a
+    curve's column gets ``_setting`` (``lr_setting``, the peak; ``lr``, the step's)."""
+    trials = read_trials(study_uri)
+    if columns is None:
+        varying = [n for n, _ in CONFIG_SCHEMA if trials[n].nunique(dropna=False) > 1]
+        columns = [*varying, REGION, m.STATUS]
+    unknown = [c for c in columns if c not in trials or c == TRIAL_ID]
+    if unknown:
+        raise ValueError(
+            f"not a column of {TRIALS_FILE}: {', '.join(map(repr, unknown))}; "
+            f"allowed: {', '.join(c for c in trials.columns if c != TRIAL_ID)}"
+        )
+    settings = trials[[TRIAL_ID, *columns]]
+    return read_curves(study_uri).merge(
+        settings, on=TRIAL_ID, how="left", suffixes=("", SETTING_SUFFIX), validate="many_to_one"
+    )

@@ -317,9 +317,14 @@ def _callbacks(spec: StudySpec, uri: str, on_cluster: bool) -> list[Any]:
                 self.last = time.monotonic()
                 study_state.prune(uri)
 
-    # Tune's TensorBoard logger is replaced by grok_tune's own (same tags as Parquet); the JSON
-    # and CSV loggers stay: Ray's results read them
-    return [JsonLoggerCallback(), CSVLoggerCallback(), Resources(), Prune()]
+    from grok_tune.tensorboard_log import StudyLog
+
+    # Tune's TensorBoard logger is replaced by grok_tune's own (trials' runs, the study's HParams
+    # config: grok_tune/tensorboard_log.py); the JSON and CSV loggers stay: Ray's results read them
+    packs = packs_of(spec) if spec.members_per_trial > 1 else None
+    return [
+        JsonLoggerCallback(), CSVLoggerCallback(), Resources(), Prune(), StudyLog(spec, packs)
+    ]  # fmt: skip
 
 
 def _scheduler(uri: str) -> Any:
@@ -370,6 +375,7 @@ def _refit_restored(tuner: Any, spec: StudySpec, uri: str, concurrency: int, on_
 def make_tuner(spec: StudySpec, storage: str, resume: bool, on_cluster: bool = False) -> Any:
     from ray import tune
 
+    from grok_tune.naming import TrialDirname, varying_settings
     from grok_tune.trainable import grokking_trial
 
     uri = study_uri(storage, spec.name)
@@ -428,6 +434,9 @@ def make_tuner(spec: StudySpec, storage: str, resume: bool, on_cluster: bool = F
             # one process per concurrent slot, reused by the next trial: no spawn and no torch
             # import per trial
             reuse_actors=True,
+            # t00003_frac=0.5_weight_decay=1 (grok_tune/naming.py): TensorBoard's run names;
+            # a packed trial's members carry the values
+            trial_dirname_creator=TrialDirname(() if packed else varying_settings(spec)),
         ),
         run_config=tune.RunConfig(
             name=spec.name,

@@ -19,6 +19,7 @@ from ray import tune
 from grok_tune import metrics as m
 from grok_tune.config import MEMBERS, PACK, TrainConfig, flat_settings
 from grok_tune.layout import STATE_FILE
+from grok_tune.naming import differing_settings, member_dir
 
 if TYPE_CHECKING:
     from grok_tune.population import Population
@@ -97,7 +98,7 @@ def grokking_trial(config: dict[str, Any], checkpoint_every: int = 1000) -> None
         # restored from the final checkpoint of a run that ended after Tune's last snapshot of
         # the study: nothing to train, but Tune must still hear the outcome
         tune.report({**final, **where})
-    log.finish({**final, **trainer.phases()})
+    log.finish({**final, **trainer.phases()}, trainer.history)
 
 
 def population_trial(
@@ -106,11 +107,13 @@ def population_trial(
     """A packed study's trial: the configurations of pack ``config["pack"]`` trained as one
     population (grok_tune/population.py). Every evaluation reports each member's record under
     ``members`` (member index -> record); each member has its own TensorBoard run in the trial
-    folder's ``member_<i>``; a checkpoint holds the whole population."""
+    folder (``naming.member_dir``: ``m2_seed=1_weight_decay=1``); a checkpoint holds the whole
+    population."""
     from grok_tune.population import Population
     from grok_tune.tensorboard_log import TrialLog
 
     cfgs = [TrainConfig(**flat_settings(c)) for c in packs[config[PACK]]]
+    keys = differing_settings(c for pack in packs for c in pack)
     ctx = tune.get_context()
     device = _device()
     population = Population(cfgs, device)
@@ -119,8 +122,8 @@ def population_trial(
     resume_step = population.step + 1 if restored else 0
     positions = population.layout.position_names
     logs = [
-        TrialLog(Path(ctx.get_trial_dir()) / member_dir(i), {**cfg.used(), **where[i]},
-                 resume_step, positions)
+        TrialLog(Path(ctx.get_trial_dir()) / member_dir(i, packs[config[PACK]][i], keys),
+                 {**cfg.used(), **where[i]}, resume_step, positions)
         for i, cfg in enumerate(cfgs)
     ]  # fmt: skip
     reported = False
@@ -140,9 +143,4 @@ def population_trial(
         members = {str(i): {**r, **where[i]} for i, r in enumerate(finals)}
         tune.report({MEMBERS: members, m.STEP: population.step, m.DONE: True})
     for i, log in enumerate(logs):
-        log.finish({**finals[i], **population.phases(i)})
-
-
-def member_dir(i: int) -> str:
-    """A population member's folder in its trial's folder (its TensorBoard run)."""
-    return f"member_{i}"
+        log.finish({**finals[i], **population.phases(i)}, population.histories[i])

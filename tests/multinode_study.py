@@ -20,7 +20,7 @@ from ray.cluster_utils import Cluster
 
 
 def trial_with_checkpoint_on(node_id: str, study: Path) -> bool:
-    for trial_dir in study.glob("grokking_trial_*"):
+    for trial_dir in study.glob("t[0-9]*"):  # grok_tune/naming.py
         result = trial_dir / "result.json"
         if list(trial_dir.glob("checkpoint_*")) and result.exists():
             lines = result.read_text().splitlines()

@@ -3,6 +3,7 @@ each still one row of trials.parquet, one TensorBoard run, and resumable when ki
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -62,7 +63,7 @@ def test_a_packed_study_has_a_row_and_a_run_per_configuration(studies):
     assert set(curves["trial_id"]) == set(trials["trial_id"])
     assert (curves.groupby("trial_id")[m.STEP].max() == 400).all()
     for trial_dir in trials["trial_dir"]:
-        assert Path(trial_dir).name.startswith("member_")
+        assert re.fullmatch(r"m[0-2]_seed=[01]_weight_decay=[01]", Path(trial_dir).name)
         assert list(Path(trial_dir).glob("events.out.tfevents.*"))
 
 

@@ -12,8 +12,8 @@ import yaml
 
 from grok_tune import metrics as m
 from grok_tune import search
-from grok_tune.regions import REGION, Region
-from grok_tune.results import read_curves, read_trials
+from grok_tune.regions import REGION, REGIONS, Region
+from grok_tune.results import curves_with_settings, read_curves, read_trials
 
 from .conftest import TINY_PARAMS, any_trial_done, kill_study_when
 
@@ -110,21 +110,128 @@ def test_tensorboard_scalars_and_hparams(grid_study):
 
     trials = read_trials(str(grid_study))
     curves = read_curves(str(grid_study))
+    tag = m.tensorboard_tag
     for _, row in trials.iterrows():
         acc = EventAccumulator(row["trial_dir"])
         acc.Reload()
         tags = set(acc.Tags()["scalars"])
-        assert {m.TRAIN_ACC, m.VAL_ACC, m.TRAIN_LOSS, m.VAL_LOSS, m.WEIGHT_NORM} <= tags
+        assert {"acc/train", "acc/val", "loss/train", "loss/val", "measures/weight_norm"} <= tags
+        assert {t.split("/")[0] for t in tags} <= set(m.TAG_GROUPS)
         curve = curves[curves["trial_id"] == row["trial_id"]]
-        assert [e.step for e in acc.Scalars(m.VAL_ACC)] == curve[m.STEP].tolist()
-        assert (m.STEPS_TO_GENERALIZE in tags) == (row[m.STATUS] == m.Status.GENERALIZED)
+        assert [e.step for e in acc.Scalars(tag(m.VAL_ACC))] == curve[m.STEP].tolist()
+        generalized = row[m.STATUS] == m.Status.GENERALIZED
+        assert (tag(m.STEPS_TO_GENERALIZE) in tags) == generalized
+        # one session, written at the end: the settings, the outcome, the region
         content = acc.PluginTagToContent(metadata.PLUGIN_NAME)
         start = metadata.parse_session_start_info_plugin_data(
             content[metadata.SESSION_START_INFO_TAG]
         )
         assert start.hparams["lr"].number_value == row["lr"]
         assert start.hparams["op"].string_value == "x+y"
+        assert start.hparams[m.STATUS].string_value == row[m.STATUS]
+        assert start.hparams[REGION].string_value == row[REGION]
         assert metadata.SESSION_END_INFO_TAG in content
+
+
+def test_trial_folders_are_named_by_what_varies(grid_study):
+    trials = read_trials(str(grid_study))
+    names = sorted(Path(d).name for d in trials["trial_dir"])
+    assert names == [
+        "t00000_lr=0.005_weight_decay=0",
+        "t00001_lr=1e+03_weight_decay=0",
+        "t00002_lr=0.005_weight_decay=1",
+        "t00003_lr=1e+03_weight_decay=1",
+    ]
+    for _, row in trials.iterrows():  # the ids stay Tune's, the folder is the trial's own
+        assert f"lr={row['lr']:.3g}" in row["trial_dir"]
+    assert set(trials["trial_id"]) == set(ray_results(grid_study))
+
+
+def test_tensorboard_dashboard_shows_region_status_and_outcome(grid_study):
+    """What the HParams and Time Series dashboards get from a real TensorBoard server."""
+    from .tensorboard_server import get, post, serve, wait_for
+
+    trials = read_trials(str(grid_study))
+    statuses = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
+    with serve(grid_study) as url:
+        groups = {"experimentName": "", "allowedStatuses": statuses, "sliceSize": 100}
+        found = wait_for(
+            lambda: post(url, "/data/plugin/hparams/session_groups", groups),
+            lambda r: len(r.get("sessionGroups", [])) == len(trials),
+        )
+        experiment = post(url, "/data/plugin/hparams/experiment", {"experimentName": ""})
+        by_region = post(
+            url,
+            "/data/plugin/hparams/session_groups",
+            {**groups, "colParams": [{"hparam": REGION, "filterDiscrete": ["memorize"]}]},
+        )
+        runs = get(url, "/data/plugin/scalars/tags")
+
+    hparams = {h["name"]: h for h in experiment["hparamInfos"]}
+    # categorical, with every value they can take: the dashboard colours and filters by them
+    assert hparams[REGION]["domainDiscrete"] == [str(r) for r in REGIONS]
+    assert set(hparams[m.STATUS]["domainDiscrete"]) == {
+        "generalized",
+        "censored",
+        "diverged",
+        "error",
+    }
+    # shown at first (the dashboard shows the five 'differs' first): the outcome and what varies
+    shown = [h["name"] for h in experiment["hparamInfos"] if h.get("differs")]
+    assert sorted(shown) == ["lr", REGION, m.STATUS, "weight_decay"]
+    assert hparams["lr"]["domainDiscrete"] == [0.005, 1000.0]
+    metrics = [(i["name"]["tag"], i["displayName"]) for i in experiment["metricInfos"]]
+    # the dashboard ticks the first five metrics
+    assert metrics[:5] == [
+        ("outcome/steps_to_generalize", m.STEPS_TO_GENERALIZE),
+        ("outcome/steps_to_memorize", m.STEPS_TO_MEMORIZE),
+        ("acc/val", m.VAL_ACC),
+        ("acc/train", m.TRAIN_ACC),
+        ("outcome/objective", m.OBJECTIVE),
+    ]
+
+    sessions = {
+        Path(g["name"]).name: g for g in found["sessionGroups"]
+    }  # one session per trial, named by its folder
+    for _, row in trials.iterrows():
+        group = sessions[Path(row["trial_dir"]).name]
+        assert group["hparams"][REGION] == row[REGION]
+        assert group["hparams"][m.STATUS] == row[m.STATUS]
+        values = {v["name"]["tag"]: v["value"] for v in group["metricValues"]}
+        assert values["acc/val"] == pytest.approx(row[m.VAL_ACC], nan_ok=True)
+        if row[m.STATUS] == m.Status.GENERALIZED:
+            assert values["outcome/steps_to_generalize"] == row[m.STEPS_TO_GENERALIZE]
+    memorized = {Path(g["name"]).name for g in by_region["sessionGroups"]}
+    assert memorized == {
+        Path(d).name for d in trials.loc[trials[REGION] == Region.MEMORIZE, "trial_dir"]
+    }
+    # Time Series: every trial's charts grouped acc, loss, measures, outcome
+    for run, tags in runs.items():
+        assert {t.split("/")[0] for t in tags} <= set(m.TAG_GROUPS), run
+
+
+def test_curves_come_with_their_settings(grid_study):
+    joined = curves_with_settings(str(grid_study))
+    curves, trials = read_curves(str(grid_study)), read_trials(str(grid_study))
+    assert len(joined) == len(curves)
+    settings = ["lr_setting", "weight_decay", REGION, m.STATUS]  # lr: the step's
+    assert list(joined.columns) == [*curves.columns, *settings]
+    one = trials.iloc[0]
+    rows = joined[joined["trial_id"] == one["trial_id"]]
+    assert (rows["lr_setting"] == one["lr"]).all() and (rows[REGION] == one[REGION]).all()
+    assert (rows[m.LR] <= one["lr"]).all()
+    # the README's two lines of pandas give the same table
+    t = pd.read_parquet(grid_study / "trials.parquet")
+    df = pd.read_parquet(grid_study / "curves.parquet").merge(
+        t[["trial_id", "lr", "weight_decay", "region", "status"]],
+        on="trial_id",
+        suffixes=("", "_setting"),
+    )
+    pd.testing.assert_frame_equal(df, joined)
+    picked = curves_with_settings(str(grid_study), ["frac"])
+    assert (picked["frac"] == 0.7).all()
+    with pytest.raises(ValueError, match=r"not a column of trials\.parquet: 'learning_rate'"):
+        curves_with_settings(str(grid_study), ["learning_rate"])
 
 
 def test_existing_study_is_not_overwritten(grid_study, capsys):
@@ -268,7 +375,7 @@ def _trial_spans(study: Path) -> list[tuple[float, float]]:
     for trial_dir in read_trials(str(study))["trial_dir"]:
         acc = EventAccumulator(trial_dir)
         acc.Reload()
-        times = [e.wall_time for e in acc.Scalars(m.VAL_ACC)]
+        times = [e.wall_time for e in acc.Scalars(m.tensorboard_tag(m.VAL_ACC))]
         spans.append((min(times), max(times)))
     return sorted(spans)
 

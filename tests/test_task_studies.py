@@ -81,7 +81,7 @@ def test_addition_study_tensorboard_has_the_digits(addition_study):
         acc = EventAccumulator(trial_dir)
         acc.Reload()
         tags = set(acc.Tags()["scalars"])
-        assert {"val_loss_digit0", "train_acc_digit2", m.SOFTMAX_COLLAPSE} <= tags
+        assert {"loss/val_digit0", "acc/train_digit2", "measures/softmax_collapse"} <= tags
 
 
 def test_addition_study_figures(addition_study, capsys):
