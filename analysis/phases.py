@@ -205,7 +205,8 @@ def plot_phase_gap(study: Study, out: Path | None = None) -> Drawn:
 
 def phase_table(study: Study) -> str:
     """Per trial: its largest train and validation phase changes, and the delay between."""
-    trials = study.trials.sort_values([TASK, *[c for c in study.varying() if c != TASK]])
+    trials = study.trials[study.trials[m.STATUS] != m.Status.PENDING]  # never ran: no curve
+    trials = trials.sort_values([TASK, *[c for c in study.varying() if c != TASK]])
     lines = ["phase changes (largest drop of the training / validation loss; step, nats):"]
     neither = trials[trials[m.TRAIN_PHASE_STEP].isna() & trials[m.VAL_PHASE_STEP].isna()]
     if len(neither) > 10:  # a big study's confusion corner would bury the rows that say something

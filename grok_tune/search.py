@@ -750,7 +750,7 @@ def _pack_plan(spec: StudySpec) -> list[str]:
         f"{shown} members (members_per_trial {spec.members_per_trial})"
     ]
     apart = why_apart([TrainConfig(**flat_settings(c)) for c in member_configs(spec)])
-    if apart and len(packs) > -(-sum(sizes) // spec.members_per_trial):
+    if apart:
         lines.append(
             f"    kept in separate populations by {', '.join(apart)}: members of one "
             "population share these (grok_tune/packing.py)"

@@ -349,6 +349,18 @@ def test_train_refuses_out_that_is_a_file_or_holds_a_run(tmp_path, capsys):
     assert_refused(code, err, ["--resume: no run to resume", "config.json"])
 
 
+def test_train_resume_never_overwrites_a_finished_run(tmp_path, capsys):
+    tiny = [f"--{k.replace('_', '-')}={v}" for k, v in TINY_PARAMS.items()]
+    run_dir = tmp_path / "run"
+    assert train.main([*tiny, "--steps", "50", "--out", str(run_dir), "--threads", "1"]) == 0
+    capsys.readouterr()
+    (run_dir / "checkpoint.pt").unlink()
+    before = snapshot(run_dir)
+    code, err = run(train.main, ["--resume", "--out", run_dir], capsys)
+    assert_refused(code, err, ["holds a finished run (outcome.json)", "nothing to resume"])
+    assert snapshot(run_dir) == before
+
+
 def test_train_resume_refuses_a_garbage_checkpoint_without_unsafe_advice(tmp_path, capsys):
     run_dir = tmp_path / "run"
     run_dir.mkdir()

@@ -186,6 +186,19 @@ KILLS = int(os.environ.get("GROK_TUNE_KILLS", "3"))  # 20 by hand (README): abou
 KEYS = ["frac", "weight_decay"]
 
 
+def _tensorboard_steps(study: Path) -> dict[tuple, list[int]]:
+    """Each trial's validation-accuracy steps as TensorBoard reads them (purged events gone)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trials = read_trials(str(study))
+    out = {}
+    for _, row in trials.iterrows():
+        acc = EventAccumulator(row["trial_dir"])
+        acc.Reload()
+        out[tuple(row[KEYS])] = [e.step for e in acc.Scalars(m.tensorboard_tag(m.VAL_ACC))]
+    return out
+
+
 def _outcome(study: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     trials = read_trials(str(study))
     columns = [*KEYS, m.STATUS, m.STEPS_TO_MEMORIZE, m.STEPS_TO_GENERALIZE, m.STEP, m.VAL_LOSS]
@@ -202,14 +215,14 @@ def bursty_reference(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bursty")
     start = time.monotonic()
     assert search.main(["--space", str(write(tmp, BURSTY)), "--storage", str(tmp)]) == 0
-    return _outcome(tmp / "bursty"), time.monotonic() - start
+    return _outcome(tmp / "bursty"), _tensorboard_steps(tmp / "bursty"), time.monotonic() - start
 
 
 @pytest.mark.parametrize("kill", range(KILLS))
 def test_a_driver_killed_at_any_moment_resumes_to_the_same_study(
     tmp_path, ray_session, bursty_reference, kill
 ):
-    (trials, curves), duration = bursty_reference
+    (trials, curves), steps, duration = bursty_reference
     proc = start_study(write(tmp_path, BURSTY), tmp_path, ray_session)
     study = tmp_path / "bursty"
     wait_for(lambda: bool(list(study.glob("experiment_state-*.json"))))
@@ -221,3 +234,87 @@ def test_a_driver_killed_at_any_moment_resumes_to_the_same_study(
     resumed_trials, resumed_curves = _outcome(study)
     pd.testing.assert_frame_equal(resumed_trials, trials)
     pd.testing.assert_frame_equal(resumed_curves, curves)
+    # TensorBoard reads each run as the uninterrupted one: every evaluation once, in order
+    assert _tensorboard_steps(study) == steps
+
+
+# --- what the study runs, and where ---------------------------------------------------------------
+def test_without_address_a_study_runs_on_its_own_ray(tmp_path, ray_session):
+    """Another Ray on the machine (here: the test session's) is never joined without
+    --address: the study's trials run on a Ray of its own."""
+    import subprocess
+    import sys
+
+    import ray
+
+    spec = {
+        "name": "own",
+        "mode": "grid",
+        "params": {**TINY_PARAMS, "steps": 50, "seed": {"grid": [0]}},
+    }
+    cmd = [sys.executable, "-m", "grok_tune.search", "--space", str(write(tmp_path, spec))]
+    subprocess.run([*cmd, "--storage", str(tmp_path)], check=True, capture_output=True, timeout=300)
+    nodes = set(read_trials(str(tmp_path / "own"))["node_id"])
+    assert nodes and ray.get_runtime_context().get_node_id() not in nodes
+
+
+def test_repeats_take_their_own_seeds(tmp_path, capsys):
+    spec = {
+        "name": "repeats",
+        "mode": "grid",
+        "num_samples": 3,
+        "params": {**TINY_PARAMS, "steps": 50, "frac": {"grid": [0.4, 0.6]}},
+    }
+    space = write(tmp_path, spec)
+    assert search.main(["--space", str(space), "--storage", str(tmp_path), "--dry-run"]) == 0
+    assert "seeds: repeat r runs with seed 0 + r: [0, 1, 2]" in capsys.readouterr().out
+    assert search.main(["--space", str(space), "--storage", str(tmp_path)]) == 0
+    trials = read_trials(str(tmp_path / "repeats"))
+    assert sorted(zip(trials["frac"], trials["seed"], strict=True)) == [
+        (f, s) for f in (0.4, 0.6) for s in (0, 1, 2)
+    ]
+    # repeats differ: three seeds give three different final losses at each fraction
+    assert (trials.groupby("frac")[m.TRAIN_LOSS].nunique() == 3).all()
+    # resuming with the stored --num-samples is no change
+    assert (
+        search.main(
+            ["--resume", "--name", "repeats", "--storage", str(tmp_path), "--num-samples", "3"]
+        )
+        == 0
+    )
+
+
+def test_a_packed_study_shows_its_packs_and_shares_its_time(tmp_path, capsys):
+    spec = {
+        "name": "packs",
+        "mode": "grid",
+        "members_per_trial": 2,
+        "params": {**TINY_PARAMS, "steps": 50, "frac": 0.6, "batch_size": {"grid": [32, 64]},
+                   "seed": {"grid": [0, 1]}},
+    }  # fmt: skip
+    space = write(tmp_path, spec)
+    assert search.main(["--space", str(space), "--storage", str(tmp_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "packed: 4 configurations in 2 Ray trials of 2, 2 members" in out
+    assert "kept in separate populations by effective batch size" in out
+    assert search.main(["--space", str(space), "--storage", str(tmp_path)]) == 0
+    trials = read_trials(str(tmp_path / "packs"))
+    # a member's wall time is its share of its population's: the column sums to the packs' time
+    per_pack = trials.assign(pack=trials["trial_id"].str.split(".").str[0]).groupby("pack")
+    assert (per_pack["wall_time_s"].nunique() == 1).all()
+    assert per_pack["wall_time_s"].sum().gt(0).all()
+
+
+def test_analysis_of_an_interrupted_study_draws_what_it_can(interrupted, tmp_path, capsys):
+    from analysis.__main__ import main as analyse
+
+    study = tmp_path / "slow"
+    shutil.copytree(interrupted, study)
+    assert analyse([str(study)]) == 0
+    out = capsys.readouterr().out
+    assert "Traceback" not in out and f"study slow: {study}" in out
+    summary = (study / "summary.txt").read_text()
+    # the trials that never ran are counted, not drawn; what cannot be drawn is said, once
+    assert "pending 2 (no final region)" in summary and "pending_0" not in summary
+    assert "skipped curves: " in summary and "skipped curves: " in out
+    assert (study / "figures").is_dir()
