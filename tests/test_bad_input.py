@@ -296,6 +296,13 @@ def test_numbers_written_as_yaml_1_2_and_quoted_numbers_are_numbers(tmp_path):
     assert all(type(v) is float for v in spec.params["lr"].grid)
     assert spec.fixed == {"p": 23, "weight_decay": 1.0, "steps": 1000}
     assert type(spec.fixed["p"]) is int and type(spec.fixed["steps"]) is int
+    # a whole number in exponent form, quoted or given as a flag, is that whole number
+    space.write_text("name: n\nmode: grid\nparams: {steps: '1e5', seed: {grid: ['1e0', 2]}}\n")
+    assert load_spec(space).fixed == {"steps": 100_000}
+    assert load_spec(space).params["seed"].grid == [1, 2]
+    parser = train.build_parser()
+    args = parser.parse_args(["--steps", "1e2", "--out", str(tmp_path / "run")])
+    assert train.parse_config(parser, args).steps == 100
 
 
 # --- python -m grok_tune.train -------------------------------------------------------------------

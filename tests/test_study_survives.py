@@ -318,3 +318,34 @@ def test_analysis_of_an_interrupted_study_draws_what_it_can(interrupted, tmp_pat
     assert "pending 2 (no final region)" in summary and "pending_0" not in summary
     assert "skipped curves: " in summary and "skipped curves: " in out
     assert (study / "figures").is_dir()
+
+
+def test_a_study_with_a_failed_trial_exits_1_and_records_it(tmp_path, capsys):
+    """A trial whose process dies (out of memory, a node lost) with no retries left is recorded
+    as failed: the study says so and never exits 0."""
+    import json
+    import threading
+
+    spec = {
+        **SLOW,
+        "name": "failing",
+        "max_failures": 0,
+        "params": {**SLOW["params"], "steps": 400},
+    }
+
+    def kill_first_trial() -> None:
+        study = tmp_path / "failing"
+        wait_for(lambda: any(p.stat().st_size for p in study.glob("*/result.json")))
+        result = next(p for p in study.glob("*/result.json") if p.stat().st_size)
+        os.kill(json.loads(result.read_text().splitlines()[0])["pid"], signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_first_trial)
+    killer.start()
+    assert search.main(["--space", str(write(tmp_path, spec)), "--storage", str(tmp_path)]) == 1
+    killer.join()
+    out = capsys.readouterr().out
+    assert "2 of 3 trials finished" in out and "failed: 1 trials raised an error" in out
+    trials = read_trials(str(tmp_path / "failing"))
+    failed = trials[trials[m.STATUS] == "error"]
+    assert len(failed) == 1 and failed["error"].str.len().gt(0).all()
+    assert failed["region"].isna().all()
