@@ -19,11 +19,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The demo starts afresh each time in $(RESULTS)/demo: the study, then its region map and figures.
+# The demo starts afresh each time in $(RESULTS)/demo: the study, which ends with its region map,
+# figures and summary (its analysis), and the commands to look further.
 demo: $(STAMP)
 	rm -rf $(RESULTS)/demo
 	$(PY) -m grok_tune.search --space search_spaces/default.yaml --name demo --storage $(RESULTS)
-	$(PY) -m analysis $(RESULTS)/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -24,7 +24,7 @@ from analysis import (
     summary,
 )
 from analysis.common import FRAC, AnalysisError, Study, base_parser, run_command
-from grok_tune.layout import CURVES_FILE, TRIALS_FILE
+from grok_tune.layout import CURVES_FILE, TRIALS_FILE, tensorboard_command
 
 
 def _optional(what: str, draw: Callable[[], Path], skipped: list[str]) -> list[Path]:
@@ -65,6 +65,9 @@ def run_all(study: Study, out: Path | None = None) -> dict[str, Path]:
     )
     if study.is_optuna:
         figures["importance"] = lambda: importance.plot_importance(study, out).path
+        figures["objective map"] = lambda: (
+            phase_map.plot_phase_map(study, out=out, colour="objective").path
+        )
     paths: dict[str, Path] = {}
     for what, draw in figures.items():
         for path in _optional(what, draw, skipped):
@@ -89,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  region map:  {paths.get('region map', 'not drawn (see above)')}")
         print(f"  results:     {study.path / TRIALS_FILE}")
         print(f"               {study.path / CURVES_FILE}")
-        print(f"  TensorBoard: tensorboard --logdir {study.path}")
+        print(f"  TensorBoard: {tensorboard_command(study.path)}")
         print(f"  {len(paths)} files written:")
         return list(paths.values())
 

@@ -67,8 +67,56 @@ def importances(study: Study) -> dict[str, float]:
     return dict(optuna.importance.get_param_importances(ot))
 
 
+# |Spearman's rho| above which two searched settings moved together in the sample: fANOVA then
+# splits one effect between them as it happens to, and their importances cannot be told apart
+CORRELATED = 0.7
+
+
+def complete_trials(study: Study) -> list[optuna.trial.FrozenTrial]:
+    ot = load_optuna_study(study)
+    return ot.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+
+
+def correlated_pairs(study: Study) -> list[tuple[str, str, float]]:
+    """Pairs of numeric searched settings whose sampled values correlate (Spearman)."""
+    import pandas as pd
+
+    params = pd.DataFrame([t.params for t in complete_trials(study)])
+    numeric = params.select_dtypes("number")
+    if len(numeric) < 3 or numeric.shape[1] < 2:
+        return []
+    rho = numeric.corr(method="spearman")
+    names = list(rho.columns)
+    return [
+        (a, b, float(rho.loc[a, b]))
+        for i, a in enumerate(names)
+        for b in names[i + 1 :]
+        if abs(rho.loc[a, b]) >= CORRELATED
+    ]
+
+
+def importance_report(study: Study) -> str:
+    """Importances with what they rest on: the number of trials, how many of them TPE drew at
+    random, and a caution where two searched settings moved together in the sample."""
+    scores = importances(study)
+    n = len(complete_trials(study))
+    objective = study.spec.objective if study.spec else None
+    metric = f"{objective.metric} ({objective.mode})" if objective else m.OBJECTIVE
+    lines = [f"importance for {metric} (fANOVA over {n} complete trials):"]
+    if study.spec is not None:
+        lines.append(f"  {study.spec.startup_note()}")
+    lines += [f"  {name}: {score:.2f}" for name, score in scores.items()]
+    for a, b, rho in correlated_pairs(study):
+        lines.append(
+            f"  caution: {a} and {b} moved together in this sample (Spearman {rho:+.2f}): "
+            "their importances cannot be told apart"
+        )
+    return "\n".join(lines)
+
+
 def plot_importance(study: Study, out: Path | None = None) -> ImportanceDrawn:
     scores = importances(study)
+    n = len(complete_trials(study))
     objective = study.spec.objective if study.spec else None
     metric = f"{objective.metric} ({objective.mode})" if objective else m.OBJECTIVE
     names = list(scores)[::-1]  # largest at the top
@@ -78,7 +126,10 @@ def plot_importance(study: Study, out: Path | None = None) -> ImportanceDrawn:
     ax.bar_label(bars, fmt="%.2f", fontsize=8, padding=2)
     ax.set_xlim(0, max([*scores.values(), 0.01]) * 1.15)
     ax.set_xlabel("importance (fANOVA, sums to 1)")
-    ax.set_title(f"{study.name}: hyperparameter importance for {metric}", fontsize=10)
+    ax.set_title(
+        f"{study.name}: hyperparameter importance for {metric}\n(fANOVA over {n} complete trials)",
+        fontsize=10,
+    )
     path = save(fig, figure_path(study, out, "importance.png"))
     return ImportanceDrawn(path, n_points=len(names), importances=scores)
 

@@ -1,13 +1,16 @@
 """The region of every setting over two hyperparameters: Liu et al.'s phase diagram.
 
     python -m analysis.phase_map STUDY_DIR [--x NAME] [--y NAME] [--scatter]
+        [--colour region|objective]
 
 A grid study gives cells: each one coloured by the majority region of its trials over seeds and
 repeats (``k/n`` says how many agree; a tie goes to the earlier in REGIONS order) and annotated
 with the median steps to generalize of those that generalized (``cens.`` when none did).
 Sampled settings (random, Optuna) give points coloured by region; ``--scatter`` asks for points
 whatever the study. The axes default to the two searched settings with the most distinct
-values (seeds are repeats, not an axis); learning rate and weight decay are log axes. A
+values (seeds are repeats, not an axis), or an Optuna study's two most important settings by its
+own importances; learning rate and weight decay are log axes. ``--colour objective`` colours
+each trial by the study's objective instead of its region. A
 ``mode: boundary`` study is drawn as its refinement: cells at their own resolution
 (analysis/boundary_map.py).
 """
@@ -65,9 +68,18 @@ class Cell:
 
 
 def default_axes(study: Study) -> tuple[str, str | None]:
-    """The two searched settings with the most distinct values; seeds only when nothing else."""
+    """An Optuna study's two most important settings (by its own importances); else the two
+    searched settings with the most distinct values; seeds only when nothing else."""
     candidates = [c for c in study.searched() if c != SEED] or study.searched()
     candidates = sorted(candidates, key=lambda c: -study.trials[c].nunique())  # stable: file order
+    if study.is_optuna and len(candidates) > 2:
+        from analysis.importance import importances
+
+        try:
+            ranked = [c for c in importances(study) if c in candidates]
+        except AnalysisError:  # too few complete trials: the plain rule
+            ranked = []
+        candidates = ranked + [c for c in candidates if c not in ranked]
     if not candidates:
         raise AnalysisError(f"{study.path}: no setting varies across the trials: pass --x NAME")
     return candidates[0], (candidates[1] if len(candidates) > 1 else None)
@@ -142,12 +154,27 @@ def _numeric_axis(ax: Axes, which: str, values: pd.Series, name: str) -> pd.Seri
     return values
 
 
-def _draw_points(ax: Axes, study: Study, x: str, y: str | None) -> int:
+# what a points map's colour shows: each trial's region, or the Optuna objective's value
+COLOURS = ("region", "objective")
+
+
+def _draw_points(ax: Axes, study: Study, x: str, y: str | None, colour: str = "region") -> int:
     done = study.finished
     xs = _numeric_axis(ax, "x", done[x], x)
     ys = _numeric_axis(ax, "y", done[y], y) if y else pd.Series(0.0, index=done.index)
     if y is None:
         ax.set_yticks([])
+    if colour == "objective":
+        metric = study.spec.objective.metric if study.spec else m.OBJECTIVE
+        dots = ax.scatter(
+            xs, ys, c=done[metric].astype(float), cmap="viridis", s=45,
+            edgecolors="black", linewidths=0.4,
+        )  # fmt: skip
+        ax.figure.colorbar(dots, ax=ax, label=metric)
+        for axis in (ax.xaxis, ax.yaxis):
+            if axis.get_scale() == "log":
+                plain_log_axis(axis)
+        return len(done)
     for region in REGIONS:
         mine = done[REGION] == region
         if mine.any():
@@ -169,7 +196,13 @@ def plot_phase_map(
     y: str | None = None,
     scatter: bool = False,
     out: Path | None = None,
+    colour: str = "region",
 ) -> Drawn:
+    """The region map over ``x`` (and ``y``); ``colour``: "objective" draws every trial as a
+    point coloured by the study's objective (an Optuna study's view of what it optimized)."""
+    if colour not in COLOURS:
+        raise AnalysisError(f"--colour {colour}: one of {', '.join(COLOURS)}")
+    scatter = scatter or colour == "objective"
     if x is None and y is None and not scatter and is_boundary_study(study):
         return plot_boundary_map(study, out)  # cells at their own resolution
     if x is None and y is None:
@@ -182,16 +215,17 @@ def plot_phase_map(
     grid = not scatter and all(study.is_discrete(c) for c in (x, y) if c)
     fig = new_figure(7.5, 5.0 if y else 2.6)
     ax = fig.add_subplot()
-    n = _draw_grid(ax, study, x, y) if grid else _draw_points(ax, study, x, y)
+    n = _draw_grid(ax, study, x, y) if grid else _draw_points(ax, study, x, y, colour)
     ax.set_xlabel(x)
     ax.set_ylabel(y or "")
     repeats = (
         "majority region over seeds/repeats, median steps to generalize"
         if grid
-        else "region of each trial"
+        else f"{colour} of each trial"
     )
     ax.set_title(title(study, repeats), fontsize=10)
-    name = "_".join(["phase_map", x, *([y] if y else []), *([] if grid else ["points"])]) + ".png"
+    kind = [] if grid else ["points"] if colour == "region" else ["objective"]
+    name = "_".join(["phase_map", x, *([y] if y else []), *kind]) + ".png"
     path = save(fig, figure_path(study, out, name))
     return Drawn(path, n_cells=n if grid else 0, n_points=0 if grid else n)
 
@@ -201,12 +235,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--x", help="setting on the x axis (default: see above)")
     parser.add_argument("--y", help="setting on the y axis")
     parser.add_argument("--scatter", action="store_true", help="points even for a grid")
+    parser.add_argument(
+        "--colour", default="region", choices=COLOURS, help="points by region or objective"
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     def body(study: Study, args: argparse.Namespace) -> list[Path]:
-        return [plot_phase_map(study, args.x, args.y, args.scatter, args.out).path]
+        return [plot_phase_map(study, args.x, args.y, args.scatter, args.out, args.colour).path]
 
     return run_command(build_parser(), argv, body)
 

@@ -18,6 +18,7 @@ from analysis.common import (
     LEARNED,
     MODULUS,
     OP,
+    AnalysisError,
     Study,
     base_parser,
     describe_settings,
@@ -125,6 +126,13 @@ def summarize(study: Study) -> str:
         parts.append(boundary_map.boundary_summary(study))
     if phases.has_phases(study):
         parts.append(phases.phase_table(study))
+    if study.is_optuna:
+        from analysis.importance import importance_report
+
+        try:
+            parts.append(importance_report(study))
+        except AnalysisError as err:
+            parts.append(f"importance: not computed: {err}")
     if remedies.varies_remedies(study) and not study.finished.empty:
         table = remedies.format_remedy_table(remedies.remedy_table(study))
         parts.append("remedies (median steps; censored: more than half never got there):")

@@ -58,3 +58,24 @@ def folder_problem(path: str | Path) -> str | None:
     except OSError as err:
         return f"cannot write in {existing}: {err.strerror}"
     return None
+
+
+def _runnable(program: str) -> str:
+    """A program of this Python's environment as a user can type it here: ``.venv/bin/NAME``
+    from the project's folder, an absolute path elsewhere, the bare name if it is not there."""
+    import os
+    import sys
+
+    path = Path(sys.executable).parent / program
+    if not path.exists():
+        return program
+    relative = os.path.relpath(path)
+    return relative if not relative.startswith("..") else str(path)
+
+
+def analysis_command(study: str | Path) -> str:
+    return f"{_runnable('python')} -m analysis {study}"
+
+
+def tensorboard_command(study: str | Path) -> str:
+    return f"{_runnable('tensorboard')} --logdir {study}"

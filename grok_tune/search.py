@@ -39,9 +39,11 @@ from grok_tune.layout import (
     DEFAULT_STORAGE,
     OPTUNA_FILE,
     STUDY_FILE,
+    analysis_command,
     folder_problem,
     is_uri,
     study_uri,
+    tensorboard_command,
 )
 from grok_tune.regions import REGION, REGIONS
 from grok_tune.space import (
@@ -96,6 +98,12 @@ def build_parser() -> Parser:
     )
     p.add_argument("--address", help="a running Ray cluster (host:port or 'auto'); default: local")
     p.add_argument("--resume", action="store_true", help="continue an interrupted study")
+    p.add_argument(
+        "--no-analysis",
+        action="store_true",
+        default=os.environ.get("GROK_TUNE_ANALYSIS") == "off",  # the test suite's studies
+        help="skip `python -m analysis` at the end (its figures and summary.txt)",
+    )
     p.add_argument(
         "--dry-run",
         action="store_true",
@@ -241,7 +249,9 @@ def _search_alg(spec: StudySpec, uri: str, concurrency: int) -> Any:
         searcher = OptunaSearch(
             metric=spec.objective.metric,
             mode=spec.objective.mode,
-            sampler=optuna.samplers.TPESampler(seed=spec.seed),
+            sampler=optuna.samplers.TPESampler(
+                seed=spec.seed, n_startup_trials=spec.n_startup_trials
+            ),
             storage=_optuna_storage(spec, uri),
             study_name=spec.name,
         )
@@ -409,6 +419,9 @@ def make_tuner(spec: StudySpec, storage: str, resume: bool, on_cluster: bool = F
             m.STATUS: "outcome",
         },
         max_report_frequency=30,
+        # "Current best trial" only where a best means something: the objective Optuna optimizes
+        metric=objective.metric if optuna else None,
+        mode=objective.mode if optuna else None,
     )
     return tune.Tuner(
         trainable,
@@ -424,10 +437,10 @@ def make_tuner(spec: StudySpec, storage: str, resume: bool, on_cluster: bool = F
         tune_config=tune.TuneConfig(
             search_alg=_search_alg(spec, uri, concurrency),
             scheduler=_scheduler(uri),
-            # OptunaSearch owns metric and mode; Tune refuses them twice;
-            # a packed trial reports its members' metrics nested: Tune checks no metric then
-            metric=None if optuna or packed else objective.metric,
-            mode=None if optuna or packed else objective.mode,
+            # OptunaSearch owns metric and mode (Tune refuses them twice); no other mode has a
+            # best trial to pick
+            metric=None,
+            mode=None,
             # boundary: trials until the searcher says it is done (repeats are its own); packs
             # hold the repeats
             num_samples=-1 if spec.mode == "boundary" else 1 if packed else tune_samples(spec),
@@ -724,6 +737,7 @@ def plan(spec: StudySpec, uri: str, exists: bool, address: str | None) -> str:
         lines.append(
             f"  Optuna TPE (seed {spec.seed}): {spec.objective.mode} {spec.objective.metric}"
         )
+        lines.append(f"  {spec.startup_note()}")
     at_once = spec.max_concurrent or (
         "CPUs // cpus_per_trial of the cluster when the study starts"
         if address
@@ -951,10 +965,34 @@ def _without_tunes_resume_hint() -> Any:
     return hidden()
 
 
+def _analyse(uri: str, args: argparse.Namespace) -> None:
+    """The study's figures and summary.txt, and the commands to look further: the analysis
+    runs here unless --no-analysis (a failure there never fails the study)."""
+    lines = []
+    if args.no_analysis or is_uri(uri):
+        lines.append(f"  analysis:    {analysis_command(uri)}")
+    else:
+        from analysis.__main__ import main as analyse
+
+        print(f"\nanalysis of {uri} (--no-analysis skips it):", flush=True)
+        try:
+            status = analyse([uri])
+        except SystemExit as err:  # it refused the study (it said why): the study stands
+            status = err.code
+        except Exception as err:  # whatever fails in a figure, the study's results stand
+            status = 1
+            print(f"  analysis failed: {type(err).__name__}: {err}")
+        again = "again" if status == 0 else "by hand"
+        lines.append(f"  analysis ({again}): {analysis_command(uri)}")
+    lines.append(f"  TensorBoard: {tensorboard_command(uri)}")
+    print("\nnext:\n" + "\n".join(lines))
+
+
 def _resume_command(spec: StudySpec, args: argparse.Namespace) -> str:
     address = f" --address {args.address}" if args.address else ""
+    python = analysis_command("").split(" -m ")[0]  # this environment's python, as typed here
     return (
-        "continue with: python -m grok_tune.search --resume "
+        f"continue with: {python} -m grok_tune.search --resume "
         f"--name {spec.name} --storage {args.storage}{address}"
     )
 
@@ -985,13 +1023,14 @@ def _print_summary(
     print(f"\nstudy {spec.name}: {finished} of {planned} trials finished")
     print(f"  regions: {regions}; status: {status}")
     print(f"  results:     {paths['trials']}\n               {paths['curves']}")
-    print(f"  TensorBoard: tensorboard --logdir {uri}")
     if unfinished:
         print(
             f"  interrupted: {unfinished} trials unfinished (no region); "
             f"{_resume_command(spec, args)}"
         )
+        print(f"  TensorBoard: {tensorboard_command(uri)}")
         return interrupted_status
+    _analyse(uri, args)
     if failed:
         print(
             f"  failed: {failed} trials raised an error (status 'error', the message in the "

@@ -204,10 +204,15 @@ RESUMABLE = ("max_concurrent", "cpus_per_trial", "gpus_per_trial", "checkpoint_e
 
 
 # Top-level keys that only some modes read: elsewhere they would do nothing, silently.
-MODE_ONLY = {"seed": ("random", "optuna"), "objective": ("optuna",)}
+MODE_ONLY = {
+    "seed": ("random", "optuna"),
+    "objective": ("optuna",),
+    "n_startup_trials": ("optuna",),
+}
 MODE_ONLY_WHY = {
     "seed": "the sampler's seed (a trial's own seed is params.seed)",
     "objective": "what the sampler optimizes",
+    "n_startup_trials": "TPE's random start-up",
 }
 
 
@@ -241,6 +246,9 @@ class StudySpec(BaseModel):
         description="boundary: regions counted as one label, e.g. [[grok, generalize]]",
     )
     trace: bool = Field(False, description="boundary: follow a region seen between corners")
+    # mode optuna: TPE samples at random until it has this many complete trials (Optuna's own
+    # default is 10: a 6-trial study never used TPE at all)
+    n_startup_trials: int = Field(10, ge=0, description="optuna: TPE's random start-up trials")
     params: dict[str, Param] = Field(default_factory=dict)
     # mode grid: bundles of settings, each crossed with the grid (one remedy each, say); a
     # variant's keys are settings the params do not name
@@ -249,7 +257,7 @@ class StudySpec(BaseModel):
     @field_validator(
         "num_samples", "seed", "max_concurrent", "cpus_per_trial", "gpus_per_trial",
         "checkpoint_every", "max_failures", "members_per_trial", "initial", "depth",
-        "max_trials", "trace", mode="before",
+        "max_trials", "trace", "n_startup_trials", mode="before",
     )  # fmt: skip
     @classmethod
     def _strict(cls, value: Any, info: Any) -> Any:
@@ -410,6 +418,21 @@ class StudySpec(BaseModel):
             return None
         base = int(self.fixed.get(SEED) or 0)
         return [base + r for r in range(self.num_samples)]
+
+    def startup_note(self) -> str:
+        """How much of an Optuna study TPE itself chose: its first trials are random."""
+        n, total = self.startup_trials(), self.num_trials()
+        if n >= total:
+            return (
+                f"all {total} trials are TPE's random start-up (n_startup_trials "
+                f"{self.n_startup_trials}): a random search; more trials, or a smaller "
+                "n_startup_trials, let TPE model the objective"
+            )
+        return f"the first {n} of {total} trials are TPE's random start-up (n_startup_trials)"
+
+    def startup_trials(self) -> int:
+        """mode optuna: how many of its trials TPE draws at random, before it models anything."""
+        return min(self.n_startup_trials, self.num_trials())
 
     def num_trials(self) -> int:
         """The trials the study runs (mode boundary: the most it may run)."""

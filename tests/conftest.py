@@ -7,6 +7,8 @@ import pytest
 # Tests exercise grok_tune on a private local cluster only
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# studies end without their analysis (tests that want it run it, or pass no flag and unset this)
+os.environ.setdefault("GROK_TUNE_ANALYSIS", "off")
 
 
 @pytest.fixture(scope="session")
