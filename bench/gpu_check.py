@@ -829,6 +829,11 @@ def render(data: dict[str, Any]) -> str:
         f"gpu_check on {meta['device']} ({meta['device_name']}), torch {meta['torch']}, "
         f"python {meta['python']}, {meta['date']}",
         f"arguments: {meta['argv']}",
+        *(
+            ["a CPU run: it proves the script, it measures no GPU"]
+            if meta["device"] == "cpu"
+            else []
+        ),
         "",
         "correctness",
     ]
