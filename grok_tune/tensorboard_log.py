@@ -52,7 +52,7 @@ TABLE_METRICS = (
     m.SOFTMAX_COLLAPSE, m.LOGIT_GAP,
 )  # fmt: skip
 # a session is written when its trial ends: it is never running
-SESSION_STATUSES = tuple(s.value for s in m.Status if s != m.Status.RUNNING)
+SESSION_STATUSES = tuple(s.value for s in m.Status if s not in (m.Status.RUNNING, m.Status.PENDING))
 SHOWN_HPARAMS = 5  # TensorBoard's HParams dashboard shows this many hparams at first
 CONFIG_SUFFIX = ".hparams"  # the study's config file, so that it is found (and written once)
 
