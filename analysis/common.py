@@ -80,9 +80,14 @@ REGION_COLORS: dict[Region, str] = {
     Region.MEMORIZE: "#e66101",
     Region.GROK: "#5e3c99",
     Region.GENERALIZE: "#1b9e77",
+    # unlimited data and induction (grok_tune/regions.py): lighter and darker kin of the above
+    Region.PARTIAL: "#fdb863",
+    Region.LEARNED: "#66c2a5",
+    Region.INDUCTION: "#b2abd2",
     Region.DIVERGED: "#404040",
 }
-LEARNED = (Region.GROK, Region.GENERALIZE)  # the regions whose trials generalized
+# the regions whose trials reached the threshold on validation data
+LEARNED = (Region.GROK, Region.GENERALIZE, Region.LEARNED)
 NO_RESULT_COLOR = "#ffffff"  # a cell whose trials all errored or are still running
 
 

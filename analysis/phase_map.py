@@ -63,7 +63,10 @@ class Cell:
     def label(self) -> str:
         if self.region is None:
             return "no result"
-        steps = "cens." if self.median_steps is None else f"{self.median_steps:,.0f} steps"
+        if self.region == Region.INDUCTION:  # heads form at the validation loss's cliff
+            steps = f"heads at {self.median_steps:,.0f}" if self.median_steps else ""
+        else:
+            steps = "cens." if self.median_steps is None else f"{self.median_steps:,.0f} steps"
         return f"{self.region} {self.agree}/{self.n}\n{steps}"
 
 
@@ -90,8 +93,11 @@ def cell_of(done: pd.DataFrame) -> Cell:
     if done.empty:
         return Cell(None, 0, 0, None)
     region, agree = majority(done[REGION])
-    learned = done.loc[done[REGION].isin(LEARNED), m.STEPS_TO_GENERALIZE].dropna()
-    return Cell(region, agree, len(done), float(learned.median()) if len(learned) else None)
+    if region == Region.INDUCTION:
+        steps = done.loc[done[REGION] == region, m.VAL_PHASE_STEP].dropna()
+    else:
+        steps = done.loc[done[REGION].isin(LEARNED), m.STEPS_TO_GENERALIZE].dropna()
+    return Cell(region, agree, len(done), float(steps.median()) if len(steps) else None)
 
 
 def cells(study: Study, x: str, y: str | None) -> dict[tuple, Cell]:

@@ -28,7 +28,7 @@ from analysis.common import (
 )
 from grok_tune import metrics as m
 from grok_tune.layout import SUMMARY_FILE, TRIAL_ID
-from grok_tune.regions import REGION, REGIONS, Region
+from grok_tune.regions import REGION, REGIONS, TABLE_REGIONS, Region
 from grok_tune.tasks.tables import is_s5
 
 MAX_LISTED = 12  # fractions listed one by one per group; a sampled study has one per trial
@@ -37,7 +37,8 @@ MAX_LISTED = 12  # fractions listed one by one per group; a sampled study has on
 def region_counts(study: Study) -> str:
     trials = study.trials
     counts = trials[REGION].value_counts()
-    parts = [f"{r} {counts.get(r, 0)}" for r in REGIONS]
+    # the tables' four always (a zero says something there); the others where they occur
+    parts = [f"{r} {counts.get(r, 0)}" for r in REGIONS if r in TABLE_REGIONS or counts.get(r)]
     status = trials[m.STATUS]
     for status_name in (m.Status.ERROR, m.Status.RUNNING, m.Status.PENDING):
         n = int((status == status_name).sum())

@@ -1,10 +1,40 @@
-"""The region rules: where a trial lies among confusion, memorize, grok and generalize.
+"""The outcome rules, per task and data regime, in one place: what a trial learned.
+
+A region is a statement about what the run learned, and what can be learned depends on the
+task and on the data. Each task names the rule it is read by (``Task.outcome``).
+
+**Finite data, accuracy** (tables; addition on a fixed training set): Power et al.'s and
+Liu et al.'s regions, from the steps at which training and validation accuracy first reach
+the threshold:
 
 - confusion:  never memorized (train accuracy never reached the threshold) within its budget
 - memorize:   memorized, never generalized within its budget
 - grok:       generalized long after it memorized (the gap rule below)
 - generalize: generalized about when it memorized (Liu et al.'s "comprehension")
 - diverged:   the loss or the weights became NaN/inf
+
+**Unlimited data, accuracy** (addition with ``train_size: infinite``): every batch is fresh, so
+training and validation are one distribution and there is no memorization to speak of; what
+is left is how far the model got:
+
+- learned:    validation accuracy (the whole answer) reached the threshold
+- partial:    not the whole answer, but something learned suddenly: a validation phase change
+              (grok_tune/events.py), or some answer positions reached the threshold on their own
+              (addition's digits, each with its own cliff)
+- confusion:  neither
+
+**Induction** (repeated subsequences): accuracy on the predictable positions stays below 0.99
+even when induction heads work (a repeat's first token after a collision is ambiguous), so
+the question is whether the heads formed, read from the loss:
+
+- induction:  a validation phase change, and the final validation loss on the predictable
+              positions below a quarter of the unigram baseline ln(vocab): a copy mechanism
+              puts most of its mass on the right token (2-3 layers fall from ~3.3 to ~0.3
+              nats at vocab 128), which no statistic of the current token alone can (a
+              1-layer model falls smoothly to 2.3-3.0, with no cliff)
+- memorize:   finite data: the training loss fell below that level, the validation loss did not
+- confusion:  neither
+- diverged:   as above
 
 Censored trials stay censored: "never generalized within its budget" is never read as
 "generalized at the budget". The gap rule is a setting. Liu et al. call it grokking when more
@@ -36,11 +66,27 @@ class Region(StrEnum):
     MEMORIZE = "memorize"
     GROK = "grok"
     GENERALIZE = "generalize"
+    PARTIAL = "partial"
+    LEARNED = "learned"
+    INDUCTION = "induction"
     DIVERGED = "diverged"
 
 
 # the order in plots and tables: from learning nothing to learning at once
-REGIONS = (Region.CONFUSION, Region.MEMORIZE, Region.GROK, Region.GENERALIZE, Region.DIVERGED)
+REGIONS = (
+    Region.CONFUSION, Region.MEMORIZE, Region.GROK, Region.GENERALIZE, Region.PARTIAL,
+    Region.LEARNED, Region.INDUCTION, Region.DIVERGED,
+)  # fmt: skip
+# the regions of the finite-data accuracy rule (the tables'): always listed in counts
+TABLE_REGIONS = (
+    Region.CONFUSION, Region.MEMORIZE, Region.GROK, Region.GENERALIZE, Region.DIVERGED
+)  # fmt: skip
+
+# The outcome rules a task may be read by (``Task.outcome``), and the data regime.
+ACCURACY = "accuracy"
+INDUCTION_RULE = "induction"
+# induction: the heads formed when the validation loss ends below this share of ln(vocab)
+INDUCTION_LOSS_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -78,7 +124,7 @@ class RegionRule:
 DEFAULT_RULE = RegionRule()
 
 
-def _missing(x: float | None) -> bool:
+def _missing(x: object) -> bool:
     return x is None or (isinstance(x, float) and np.isnan(x)) or x is pd.NA
 
 
@@ -132,9 +178,61 @@ def classify_trials(
     status = out[m.STATUS].astype(str)
     # an errored or unfinished trial has no region: its events so far are not its outcome
     regions = [
-        None if s in UNFINISHED else str(rule.classify(a, b, s == m.Status.DIVERGED))
-        for a, b, s in zip(mem, gen, status, strict=True)
+        None if s in UNFINISHED else str(outcome(row, a, b, s == m.Status.DIVERGED, rule))
+        for (_, row), a, b, s in zip(out.iterrows(), mem, gen, status, strict=True)
     ]
     out[REGION] = pd.Series(regions, index=out.index, dtype="string")
     out[REGION_RULE] = rule.describe()
     return out
+
+
+def outcome(
+    row: pd.Series | dict, mem: float | None, gen: float | None, diverged: bool, rule: RegionRule
+) -> Region:
+    """A finished trial's region by its task's rule and its data regime (module docstring)."""
+    from grok_tune.tasks import task_class
+
+    task = _value(row, "task") or "table"
+    kind = task_class(str(task)).outcome
+    if diverged:
+        return Region.DIVERGED
+    if kind == INDUCTION_RULE:
+        return _induction(row, task_class(str(task)).baseline_loss(row))
+    if _infinite(_value(row, "train_size")):
+        if gen is not None and not _missing(gen):
+            return Region.LEARNED
+        positions = [k for k in _keys(row) if k.startswith(f"{m.STEPS_TO_GENERALIZE}_")]
+        some = any(not _missing(_value(row, k)) for k in positions)
+        return (
+            Region.PARTIAL
+            if some or not _missing(_value(row, m.VAL_PHASE_STEP))
+            else (Region.CONFUSION)
+        )
+    return rule.classify(mem, gen, diverged)
+
+
+def _induction(row: pd.Series | dict, baseline: float) -> Region:
+    level = INDUCTION_LOSS_SHARE * baseline
+    val, train = _value(row, m.VAL_LOSS), _value(row, m.TRAIN_LOSS)
+    phase = not _missing(_value(row, m.VAL_PHASE_STEP))
+    if phase and not _missing(val) and float(val) < level:
+        return Region.INDUCTION
+    finite = not _infinite(_value(row, "train_size"))
+    if finite and not _missing(train) and float(train) < level:
+        return Region.MEMORIZE
+    return Region.CONFUSION
+
+
+def _keys(row: pd.Series | dict) -> list[str]:
+    return list(row.index if isinstance(row, pd.Series) else row)
+
+
+def _value(row: pd.Series | dict, key: str) -> object:
+    value = row.get(key)
+    return None if _missing(value) else value
+
+
+def _infinite(size: object) -> bool:
+    if isinstance(size, str):
+        return size == "infinite"
+    return isinstance(size, float) and np.isinf(size)

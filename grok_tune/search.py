@@ -1030,14 +1030,13 @@ def _print_summary(
         )
         print(f"  TensorBoard: {tensorboard_command(uri)}")
         return interrupted_status
-    _analyse(uri, args)
     if failed:
         print(
             f"  failed: {failed} trials raised an error (status 'error', the message in the "
             f"'error' column of {paths['trials']}); {_resume_command(spec, args)} retries them"
         )
-        return TRIALS_FAILED
-    return 0
+    _analyse(uri, args)
+    return TRIALS_FAILED if failed else 0
 
 
 if __name__ == "__main__":

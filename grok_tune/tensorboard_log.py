@@ -85,7 +85,7 @@ class TrialLog:
         for name in OUTCOME_METRICS:
             if record.get(name) is not None:  # censored stays absent, never "the budget"
                 self.writer.add_scalar(m.tensorboard_tag(name), record[name], record[m.STEP])
-        region = trial_region(record, self.hparams.get("threshold"), history)
+        region = trial_region({**self.hparams, **record}, self.hparams.get("threshold"), history)
         outcome = {m.STATUS: str(record[m.STATUS]), **({REGION: region} if region else {})}
         for summary in session(self.hparams, outcome, api_pb2.STATUS_SUCCESS):
             self.writer.file_writer.add_summary(summary)
@@ -97,13 +97,18 @@ def trial_region(
 ) -> str | None:
     """The trial's region as trials.parquet will have it: regions.py's default rule, its
     events re-derived from the curve when the trial ran at another threshold."""
+    # the settings, the final record (losses, per-position events, phase changes): what the
+    # task's outcome rule reads; the infinite data regime as trials.parquet stores it
+    flat = {k: v for k, v in record.items() if v is None or isinstance(v, bool | int | float | str)}
     row = pd.DataFrame(
         [
             {
+                **flat,
                 TRIAL_ID: "",
                 m.STATUS: str(record[m.STATUS]),
-                m.STEPS_TO_MEMORIZE: record.get(m.STEPS_TO_MEMORIZE),
-                m.STEPS_TO_GENERALIZE: record.get(m.STEPS_TO_GENERALIZE),
+                "train_size": float("inf")
+                if record.get("train_size") == "infinite"
+                else (record.get("train_size")),
                 "threshold": threshold if threshold is not None else m.ACCURACY_THRESHOLD,
             }
         ]

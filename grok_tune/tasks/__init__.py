@@ -77,6 +77,15 @@ class Task(ABC):
     # the TrainConfig fields this task reads (others of other tasks are refused, or left blank
     # in the records)
     settings: ClassVar[tuple[str, ...]]
+    # the outcome rule the task's runs are read by (grok_tune/regions.py: "accuracy", read by
+    # the data regime, or "induction")
+    outcome: ClassVar[str] = "accuracy"
+
+    @classmethod
+    def baseline_loss(cls, settings: Any) -> float:
+        """The loss of a model that knows only the targets' frequencies (the induction rule's
+        yardstick); ``settings``: a trial's row or config."""
+        raise NotImplementedError(f"task {cls.name} has no baseline loss")
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg

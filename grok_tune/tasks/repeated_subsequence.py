@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from math import comb
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -261,6 +261,16 @@ class RepeatedSubsequenceTask(GeneratedTask):
         "seq_len", "vocab", "sub_len", "repeats", "train_size", "val_size",
     )  # fmt: skip
     DEFAULT_TRAIN_SIZE = 512  # Nanda's finite regime
+    # what a run learned is whether induction heads formed (grok_tune/regions.py), not whether
+    # token accuracy reached 0.99: a repeat's token after a collision stays ambiguous
+    outcome = "induction"
+
+    @classmethod
+    def baseline_loss(cls, settings: Any) -> float:
+        """ln(vocab): the tokens are uniform, so knowing their frequencies is knowing nothing."""
+        import math
+
+        return math.log(float(settings["vocab"]))
 
     @classmethod
     def make_data(cls, cfg: TrainConfig) -> RepeatedSubsequenceData:
