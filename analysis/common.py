@@ -160,6 +160,24 @@ class Study:
             return self.varying()
         return [c for c in self.spec.distributions if c in self.trials]
 
+    def distinguishing(self) -> list[str]:
+        """What tells the trials apart, to name in panel titles and rows: every setting that
+        varies (a variant's settings and the repeats' seeds included), the seed last."""
+        names = [c for c in self.varying() if c != SEED]
+        return names + ([SEED] if SEED in self.varying() else [])
+
+    def axes(self) -> list[str]:
+        """The settings a map may take as axes, most telling first: the searched ones, the
+        variants as one axis (a ``variant`` column), then anything else that varies; seeds
+        only when nothing else varies."""
+        searched = [c for c in self.searched() if c != SEED]
+        if VARIANT in self.trials:
+            searched.append(VARIANT)
+        others = [c for c in self.varying() if c != SEED and c not in searched]
+        if self.spec is not None and self.spec.variants and VARIANT in self.trials:
+            others = []  # a variant's settings are the variant axis
+        return searched + others or ([SEED] if SEED in self.varying() else [])
+
     def is_discrete(self, name: str) -> bool:
         """Whether a setting's values are a few categories (cells) or a continuum (points)."""
         column = self.trials[name]
@@ -178,7 +196,9 @@ class Study:
         # without the study file: a grid repeats its values, a sampler does not
         return n <= MAX_CATEGORIES and 2 * n <= len(column)
 
-    def check_columns(self, names: Sequence[str], allowed: Sequence[str] = CONFIG_COLUMNS) -> None:
+    def check_columns(
+        self, names: Sequence[str], allowed: Sequence[str] = (*CONFIG_COLUMNS, "variant")
+    ) -> None:
         unknown = [n for n in names if n not in allowed or n not in self.trials]
         if unknown:
             raise AnalysisError(
@@ -207,6 +227,8 @@ def load_study(path: str | Path, rule: RegionRule = DEFAULT_RULE) -> Study:
             + ("" if path.is_dir() else " (no such directory)")
         )
     study = Study(path, _read_table(path, TRIALS_FILE, read_trials), _read_spec(path), rule)
+    if study.spec is not None and study.spec.variants:
+        study.trials[VARIANT] = variant_labels(study.trials, study.spec.variants)
     if rule != DEFAULT_RULE or (study.trials[REGION_RULE] != rule.describe()).any():
         study.trials = reclassify(study.trials, study.curves, rule)
     if study.stale_phases:  # every phase change and the headline columns, by today's rule
@@ -355,6 +377,26 @@ def fmt(value: Any) -> str:
             return "infinite"  # train_size: a fresh batch every step
         return f"{value:.4g}"  # sampled values: 0.7818, not 0.781831
     return str(value)
+
+
+VARIANT = "variant"  # a variants study's derived column: which variant a trial ran
+
+
+def variant_labels(trials: pd.DataFrame, variants: Sequence[dict]) -> pd.Series:
+    """Each trial's variant in words: the settings its variant set ("grad_filter=ema"), "as is"
+    for the empty one. A trial ran the most specific variant whose every value it shows."""
+
+    def matches(row: pd.Series, variant: dict) -> bool:
+        return all(k in row and fmt(row[k]) == fmt(v) for k, v in variant.items())
+
+    def label(row: pd.Series) -> str:
+        mine = [v for v in variants if matches(row, v)]
+        best = max(mine, key=len, default=None)
+        if best is None:
+            return "?"
+        return ", ".join(f"{k}={fmt(v)}" for k, v in best.items()) or "as is"
+
+    return trials.apply(label, axis=1) if len(trials) else pd.Series([], dtype=str)
 
 
 def describe_settings(row: pd.Series, names: Sequence[str]) -> str:

@@ -3,8 +3,9 @@
     python -m analysis.curves STUDY_DIR [--trials ID ...]
 
 One panel per trial, the steps at which it memorized and generalized marked by vertical lines.
-By default one trial per region present: the fastest to generalize (so the fastest grok), else
-the fastest to memorize.
+By default one trial per cell of the region map (each combination of the map's axes: its first
+seed), every cell up to 12, else 12 spread evenly over them; each panel's title names the
+settings that tell the trials apart.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 
 from analysis.common import (
+    SEED,
     AnalysisError,
     Drawn,
     Study,
@@ -33,7 +36,7 @@ from analysis.common import (
 )
 from grok_tune import metrics as m
 from grok_tune.layout import TRIAL_ID
-from grok_tune.regions import REGION, REGIONS
+from grok_tune.regions import REGION
 
 TRAIN_COLOR, VAL_COLOR = "tab:red", "tab:green"
 MAX_COLUMNS = 3
@@ -44,13 +47,27 @@ class CurvesDrawn(Drawn):
     trials: tuple[str, ...] = ()  # one panel each, in this order
 
 
-def default_trials(study: Study) -> list[str]:
-    """One trial per region present: the fastest to generalize, then to memorize."""
-    ranked = study.finished.sort_values(
-        [m.STEPS_TO_GENERALIZE, m.STEPS_TO_MEMORIZE, TRIAL_ID], na_position="last"
-    )
-    firsts = ranked.drop_duplicates(REGION).set_index(REGION)[TRIAL_ID]
-    return [firsts[r] for r in REGIONS if r in firsts.index]
+MAX_PANELS = 12
+
+
+def default_trials(study: Study) -> tuple[list[str], int]:
+    """One finished trial per group of the map's axes (its lowest seed), at most MAX_PANELS
+    spread evenly over the groups; and how many groups there are."""
+    from analysis.phase_map import default_axes
+
+    done = study.finished
+    if done.empty:
+        return [], 0
+    try:
+        keys = [a for a in default_axes(study) if a]
+    except AnalysisError:  # nothing varies: one trial says it all
+        keys = []
+    order = [*keys, *([SEED] if SEED in done else []), TRIAL_ID]
+    firsts = done.sort_values(order).drop_duplicates(keys or [REGION])
+    groups = len(firsts)
+    if groups > MAX_PANELS:  # a readable sample, spread over the whole range
+        firsts = firsts.iloc[np.linspace(0, groups - 1, MAX_PANELS).round().astype(int)]
+    return list(firsts[TRIAL_ID]), groups
 
 
 def _panel(ax: Axes, study: Study, trial: pd.Series, curve: pd.DataFrame) -> None:
@@ -71,15 +88,15 @@ def _panel(ax: Axes, study: Study, trial: pd.Series, curve: pd.DataFrame) -> Non
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("optimization steps")
     ax.set_ylabel("accuracy")
-    settings = describe_settings(trial, [c for c in study.searched() if c in trial.index])
-    ax.set_title(f"{trial[TRIAL_ID]}: {trial[REGION]} ({trial[m.STATUS]})\n{settings}", fontsize=9)
+    settings = describe_settings(trial, [c for c in study.distinguishing() if c in trial.index])
+    ax.set_title(f"{settings or trial[TRIAL_ID]}\n{trial[REGION]} ({trial[m.STATUS]})", fontsize=9)
     ax.legend(fontsize=7, loc="best")
 
 
 def plot_curves(
     study: Study, trial_ids: Sequence[str] | None = None, out: Path | None = None
 ) -> CurvesDrawn:
-    ids = list(trial_ids) if trial_ids else default_trials(study)
+    ids, groups = (list(trial_ids), 0) if trial_ids else default_trials(study)
     if not ids:
         raise AnalysisError(f"{study.path}: no finished trial to draw")
     known = study.trials.set_index(TRIAL_ID)
@@ -96,7 +113,8 @@ def plot_curves(
         trial = known.loc[tid].copy()
         trial[TRIAL_ID] = tid
         _panel(fig.add_subplot(rows, cols, i + 1), study, trial, curves.get(tid, _EMPTY))
-    fig.suptitle(title(study, "accuracy during training"), fontsize=10)
+    shown = f" ({len(ids)} of {groups} groups, spread evenly)" if groups > len(ids) else ""
+    fig.suptitle(title(study, f"accuracy during training{shown}"), fontsize=10)
     path = save(fig, figure_path(study, out, "curves.png"))
     return CurvesDrawn(path, n_lines=2 * len(ids), trials=tuple(ids))
 

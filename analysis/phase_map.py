@@ -33,7 +33,6 @@ from analysis.common import (
     LEARNED,
     NO_RESULT_COLOR,
     REGION_COLORS,
-    SEED,
     AnalysisError,
     Drawn,
     Study,
@@ -73,7 +72,7 @@ class Cell:
 def default_axes(study: Study) -> tuple[str, str | None]:
     """An Optuna study's two most important settings (by its own importances); else the two
     searched settings with the most distinct values; seeds only when nothing else."""
-    candidates = [c for c in study.searched() if c != SEED] or study.searched()
+    candidates = study.axes()
     candidates = sorted(candidates, key=lambda c: -study.trials[c].nunique())  # stable: file order
     if study.is_optuna and len(candidates) > 2:
         from analysis.importance import importances
@@ -84,7 +83,10 @@ def default_axes(study: Study) -> tuple[str, str | None]:
             ranked = []
         candidates = ranked + [c for c in candidates if c not in ranked]
     if not candidates:
-        raise AnalysisError(f"{study.path}: no setting varies across the trials: pass --x NAME")
+        raise AnalysisError(
+            f"{study.path}: no setting varies across the trials: nothing to map (python -m "
+            "analysis.phase_map --x NAME draws one setting anyway)"
+        )
     return candidates[0], (candidates[1] if len(candidates) > 1 else None)
 
 

@@ -12,7 +12,8 @@ phases.parquet) is a dot on its curve.
 training loss (●) and of the validation loss (■) joined by a line: with unlimited data they
 coincide, with limited data and weight decay the validation drop comes long after the
 training one (grokking). A curve without a phase change within the budget is a hollow marker
-at the right edge, marked "none".
+at the right edge, marked "none", and not joined to the other: a line is drawn only between two
+phase changes (it reads as a lag).
 """
 
 from __future__ import annotations
@@ -98,14 +99,19 @@ def _panel(
     ax.set_yscale("log")
     ax.set_xlabel("optimization steps")
     ax.set_ylabel("loss (nats)" + (": solid val, dotted train" if positions else ""))
-    settings = describe_settings(trial, [c for c in study.searched() if c in trial.index])
-    ax.set_title(f"{trial[TRIAL_ID]} ({trial[TASK]})\n{settings}", fontsize=8)
+    settings = describe_settings(trial, [c for c in study.distinguishing() if c in trial.index])
+    ax.set_title(f"{trial[TASK]}\n{settings or trial[TRIAL_ID]}", fontsize=8)
     ax.legend(fontsize=6, loc="upper right", ncol=2 if len(positions) > 4 else 1)
     return marks
 
 
 def default_trials(study: Study) -> list[str]:
-    return list(study.trials.sort_values(TRIAL_ID)[TRIAL_ID].head(MAX_PANELS))
+    """As the accuracy curves: one trial per group of the map's axes (analysis.curves), or the
+    first trials when none has finished."""
+    from analysis import curves
+
+    chosen, _ = curves.default_trials(study)
+    return chosen or list(study.trials.sort_values(TRIAL_ID)[TRIAL_ID].head(MAX_PANELS))
 
 
 def plot_phase_curves(
@@ -145,7 +151,7 @@ def _row_label(study: Study, trial: pd.Series) -> str:
     from analysis.remedies import remedy_name, varies_remedies
 
     remedy = {*REMEDY_SETTINGS, *GROKFAST_SETTINGS}
-    varying = [c for c in study.varying() if c not in (TASK, "seed") and c not in remedy]
+    varying = [c for c in study.distinguishing() if c != TASK and c not in remedy]
     parts = [remedy_name(trial)] if varies_remedies(study) else []
     parts.append(describe_settings(trial, varying))
     return ", ".join(p for p in parts if p) or str(trial[TRIAL_ID])
@@ -168,7 +174,8 @@ def plot_phase_gap(study: Study, out: Path | None = None) -> Drawn:
         y = len(trials) - 1 - row
         train, val = trial[m.TRAIN_PHASE_STEP], trial[m.VAL_PHASE_STEP]
         xs = [edge if pd.isna(v) else float(v) for v in (train, val)]
-        ax.plot(xs, [y, y], color="grey", linewidth=1.5, zorder=1)
+        if not (pd.isna(train) or pd.isna(val)):  # a line is a lag: only between two changes
+            ax.plot(xs, [y, y], color="grey", linewidth=1.5, zorder=1)
         for x, raw, marker, color in (
             (xs[0], train, "o", TRAIN_COLOR),
             (xs[1], val, "s", VAL_COLOR),
@@ -262,3 +269,59 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def phase_story(study: Study) -> str:
+    """Nanda's reading, one line per trial: for a task whose answer has several positions, the
+    order in which they learn (each position's first validation phase change, and the step it
+    reached the accuracy threshold); for induction, the step the heads formed (the validation
+    loss's largest cliff) and the loss before and after. Empty when no trial has either."""
+    from grok_tune.regions import INDUCTION_RULE
+    from grok_tune.tasks import task_class
+
+    lines = []
+    for _, trial in study.trials.sort_values(TRIAL_ID).iterrows():
+        if trial[m.STATUS] == m.Status.PENDING:
+            continue
+        label = _row_label(study, trial)
+        found = study.phases[study.phases[TRIAL_ID] == trial[TRIAL_ID]]
+        if task_class(str(trial[TASK])).outcome == INDUCTION_RULE:
+            val = found[found["curve"] == m.VAL_LOSS].sort_values("size", ascending=False)
+            if val.empty:
+                lines.append(f"  {label}: no induction-head cliff")
+            else:
+                top = val.iloc[0]
+                lines.append(
+                    f"  {label}: heads formed at step {top['step']:,.0f} (validation loss "
+                    f"{top['loss_start']:.2f} -> {top['loss_end']:.2f})"
+                )
+            continue
+        prefix = f"{m.VAL_LOSS}_"
+        per_position = found[found["curve"].str.startswith(prefix)]
+        generalized = {
+            c[len(m.STEPS_TO_GENERALIZE) + 1 :]: trial[c]
+            for c in trial.index
+            if str(c).startswith(f"{m.STEPS_TO_GENERALIZE}_")
+        }
+        if per_position.empty and not generalized:
+            continue
+        first = per_position.sort_values("step").drop_duplicates("curve")
+        cliffs = {row["curve"][len(prefix) :]: row["step"] for _, row in first.iterrows()}
+        names = sorted(
+            set(cliffs) | set(generalized),
+            key=lambda n: (pd.isna(cliffs.get(n, np.nan)), cliffs.get(n, np.inf), n),
+        )
+        order = ", ".join(f"{n} {_at(cliffs.get(n))}/{_at(generalized.get(n))}" for n in names)
+        lines.append(f"  {label}: {order}")
+    if not lines:
+        return ""
+    head = (
+        "what each trial learned when (per answer position: its first validation phase change / "
+        "the step it reached the threshold, in the order they learned; '-': none within the "
+        "budget; induction: the step the heads formed):"
+    )
+    return "\n".join([head, *lines])
+
+
+def _at(step: object) -> str:
+    return "-" if step is None or pd.isna(step) else f"{float(step):,.0f}"

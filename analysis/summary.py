@@ -18,6 +18,7 @@ from analysis.common import (
     LEARNED,
     MODULUS,
     OP,
+    SEED,
     AnalysisError,
     Study,
     base_parser,
@@ -100,6 +101,18 @@ def fraction_boundary(study: Study) -> str:
             "memorize -> grok boundary: the study varies the training fraction, but its "
             "finished trials cover fewer than two fractions (resume it)"
         )
+    from analysis.boundary_map import is_boundary_study
+
+    if is_boundary_study(study):
+        return "memorize -> grok boundary: see the boundary search's lines below (per map)"
+    # a majority across another axis would say what no slice of the map shows: with a
+    # continuous one beside the fraction (a sampled study), each trial is its own slice
+    continuous = [c for c in study.varying() if c not in (FRAC, SEED) and not study.is_discrete(c)]
+    if continuous:
+        return (
+            f"memorize -> grok boundary: the fraction varies together with {', '.join(continuous)} "
+            "(sampled): read it off the points map, trial by trial"
+        )
     keys = [OP, *[c for c in study.groups(exclude=(FRAC,)) if c != OP]]
     lines = ["memorize -> grok boundary along the training fraction (majority over repeats):"]
     for _, group in done.groupby(keys, sort=True):
@@ -127,6 +140,9 @@ def summarize(study: Study) -> str:
         parts.append(boundary_map.boundary_summary(study))
     if phases.has_phases(study):
         parts.append(phases.phase_table(study))
+        story = phases.phase_story(study)
+        if story:
+            parts.append(story)
     if study.is_optuna:
         from analysis.importance import importance_report
 

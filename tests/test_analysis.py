@@ -354,16 +354,18 @@ def test_fraction_curve_needs_fractions(grid_dir):
 
 
 # --- curves and summary -------------------------------------------------------------------------
-def test_curves_one_per_region(grid_dir):
+def test_curves_one_per_cell_of_the_map(grid_dir):
+    # every cell of the lr x weight-decay map, not one trial per region: 9 panels, each the
+    # cell's first seed, titled by what tells the trials apart
     study = load_study(grid_dir)
-    chosen = curves.default_trials(study)
-    regions = study.trials.set_index(TRIAL_ID).loc[chosen, REGION].tolist()
-    assert regions == [Region.CONFUSION, Region.MEMORIZE, Region.GROK, Region.GENERALIZE]
-    grok = study.trials.set_index(TRIAL_ID).loc[chosen[2]]
-    assert grok[m.STEPS_TO_GENERALIZE] == 800  # the fastest grok
+    chosen, groups = curves.default_trials(study)
+    picked = study.trials.set_index(TRIAL_ID).loc[chosen]
+    assert groups == 9 and len(chosen) == 9
+    assert sorted(zip(picked["lr"], picked["weight_decay"], strict=True)) == sorted(GRID_REGIONS)
+    assert (picked["seed"] == 0).all()
     drawn = curves.plot_curves(study)
     assert_png(drawn.path)
-    assert drawn.trials == tuple(chosen) and drawn.n_lines == 8
+    assert drawn.trials == tuple(chosen) and drawn.n_lines == 18
 
 
 def test_summary_counts_fastest_grok_and_boundary(fraction_dir, grid_dir, tmp_path):
@@ -512,3 +514,39 @@ def test_real_study_counts(real_study):
     # censored trials are never read as generalized at the budget
     censored = trials[trials[m.STATUS] == m.Status.CENSORED]
     assert censored[m.STEPS_TO_GENERALIZE].isna().all()
+
+
+# --- every study shape (issue 17): variants, sampled axes beside the fraction --------------------
+def test_a_variants_study_maps_over_its_variants(tmp_path, capsys):
+    variants = [{}, {"grad_filter": "ema"}, {"loss": "stablemax"}]
+    rows = []
+    for i, (variant, seed) in enumerate(itertools.product(variants, (0, 1))):
+        region = [Region.GROK, Region.GENERALIZE, Region.MEMORIZE][variants.index(variant)]
+        rows.append(trial_row(f"v{i}", *events(region), seed=seed, **variant))
+    spec = {"name": "variants", "mode": "grid", "params": {"seed": {"grid": [0, 1]}},
+            "variants": variants}  # fmt: skip
+    study = load_study(write_study(tmp_path / "variants", rows, spec))
+    assert list(study.trials.sort_values(TRIAL_ID)["variant"]) == [
+        "as is", "as is", "grad_filter=ema", "grad_filter=ema", "loss=stablemax", "loss=stablemax"
+    ]  # fmt: skip
+    assert phase_map.default_axes(study) == ("variant", None)
+    drawn = phase_map.plot_phase_map(study)
+    assert drawn.n_cells == 3 and drawn.path.name == "phase_map_variant.png"
+    chosen, groups = curves.default_trials(study)
+    assert groups == 3 and len(chosen) == 3  # one panel per variant
+
+
+def test_a_sampled_axis_beside_the_fraction_takes_no_majority(tmp_path):
+    # a random study over frac and weight decay: no majority over weight decays per fraction
+    rows = [
+        trial_row(f"r{i}", *events(region), frac=frac, weight_decay=wd)
+        for i, (frac, wd, region) in enumerate(
+            [(0.3, 0.13, Region.MEMORIZE), (0.3, 2.7, Region.GROK), (0.6, 0.2, Region.MEMORIZE),
+             (0.6, 1.9, Region.GENERALIZE), (0.6, 0.01, Region.MEMORIZE)]
+        )
+    ]  # fmt: skip
+    params = {"frac": {"choice": [0.3, 0.6]}, "weight_decay": {"loguniform": [0.01, 3]}}
+    spec = {"name": "sampled", "mode": "random", "num_samples": 5, "params": params}
+    text = summary.summarize(load_study(write_study(tmp_path / "s", rows, spec)))
+    assert "no 'grok'/'generalize' at any fraction" not in text
+    assert "the fraction varies together with weight_decay (sampled)" in text
