@@ -99,6 +99,7 @@ class Drawn:
     n_cells: int = 0
     n_points: int = 0
     n_lines: int = 0
+    caption: str = ""  # a measure the figure states (the S5 coset agreement), as printed
 
 
 @dataclass
