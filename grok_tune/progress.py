@@ -192,7 +192,7 @@ def measures(
     ``inputs`` (p², seq) are the token rows of the grid [a, j] in a-major order, ``answers``
     and ``train`` (p, p) its answers a + j mod p and its training mask, all on the model's
     device. (For x-y the task puts b = -j mod p in column j: the same grid.) One forward pass
-    over all p² rows, dropout off."""
+    over all p² rows (in chunks), dropout off."""
     import torch
 
     embedding = model.tok_emb.weight[:p].detach()
@@ -203,8 +203,9 @@ def measures(
     }
     was_training = model.training
     model.eval()
-    with torch.inference_mode():
-        logits = model(inputs)[:, -1, :p].reshape(p, p, -1)
+    with torch.inference_mode():  # in cache-sized chunks, as metrics.evaluate: 2x faster on CPU
+        chunks = [model(x)[:, -1, :p] for x in inputs.split(m.EVAL_CHUNK)]
+        logits = torch.cat(chunks).reshape(p, p, -1)
     model.train(was_training)
     freqs = key_frequencies(embedding)
     out[m.RESTRICTED_LOSS] = grid_cross_entropy(restricted_logits(logits, freqs), answers)
