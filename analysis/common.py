@@ -46,6 +46,7 @@ from grok_tune.regions import (
 )
 from grok_tune.results import (
     CONFIG_SCHEMA,
+    HEADLINE_COLUMNS,
     PHASE_RULE,
     phase_rows,
     read_curves,
@@ -103,6 +104,7 @@ class Drawn:
     n_cells: int = 0
     n_points: int = 0
     n_lines: int = 0
+    caption: str = ""  # a measure the figure states (the S5 coset agreement), as printed
 
 
 @dataclass
@@ -233,7 +235,7 @@ def load_study(path: str | Path, rule: RegionRule = DEFAULT_RULE) -> Study:
         study.trials = reclassify(study.trials, study.curves, rule)
     if study.stale_phases:  # every phase change and the headline columns, by today's rule
         study.phases, headline = phase_rows(study.curves)
-        for name in m.PHASE_OUTCOMES:
+        for name in HEADLINE_COLUMNS:
             study.trials[name] = [headline.get(t, {}).get(name) for t in study.trials[TRIAL_ID]]
     return study
 

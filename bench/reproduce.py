@@ -112,6 +112,8 @@ def run_one(name: str, steps: int | None = None) -> dict[str, Any]:
         out["fourier_sparsity"] = {
             str(s): at(s, m.FOURIER_SPARSITY) for s in sorted(set(marks)) if s <= trainer.step
         }
+        # where his three phases end here (grok_tune/progress.py), beside his 1.4k, 9.4k, 14k
+        out["nanda_phases"] = {name: phases[name] for name in m.NANDA_PHASES}
     return out
 
 
@@ -120,6 +122,8 @@ def fmt_steps(v: Any) -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
+    from grok_tune.metrics import NANDA_PHASES
+
     lines = [
         f"{'run':<18} {'reported':<62} {'memorized':>9} {'general.':>9} {'val drop':>9} "
         f"{'region':<10} {'steps/s':>7}"
@@ -135,6 +139,12 @@ def table(rows: list[dict[str, Any]]) -> str:
                 f"{k}: {v:.3f}" for k, v in r["fourier_sparsity"].items() if v is not None
             )
             lines.append(f"{'':<18} Fourier sparsity by step: {sparsity}")
+        if "nanda_phases" in r:
+            ends = ", ".join(
+                f"{name} {fmt_steps(r['nanda_phases'][name])} (his {theirs})"
+                for name, theirs in zip(NANDA_PHASES, ("~1.4k", "~9.4k", "~14k"), strict=True)
+            )
+            lines.append(f"{'':<18} Nanda's phases end: {ends}")
     return "\n".join(lines)
 
 
@@ -155,9 +165,7 @@ def main() -> int:
     with mp.get_context("spawn").Pool(args.workers) as pool:
         for row in pool.imap_unordered(partial(run_one, steps=args.steps), names):
             rows.append(row)
-            print(
-                table([row]).splitlines()[-1 if "fourier_sparsity" not in row else -2], flush=True
-            )
+            print(table([row]).splitlines()[1], flush=True)  # the row, not its notes
     rows.sort(key=lambda r: names.index(r["name"]))
     print()
     print(table(rows))

@@ -38,11 +38,19 @@ FOURIER_SPARSITY = "fourier_sparsity"
 # (loss and gradient exactly 0), and the logit scale behind it
 SOFTMAX_COLLAPSE = "softmax_collapse"
 LOGIT_GAP = "logit_gap"
+# Nanda et al. 2023's progress measures of modular addition (grok_tune/progress.py): the loss
+# with only the key Fourier frequencies of the logits kept (restricted) or removed (excluded),
+# and the Gini coefficients of the Fourier norms of the embedding and of the neuron-logit map
+RESTRICTED_LOSS = "restricted_loss"
+EXCLUDED_LOSS = "excluded_loss"
+GINI_EMBEDDING = "gini_embedding"
+GINI_NEURON_LOGIT = "gini_neuron_logit"
+NANDA_MEASURES = (RESTRICTED_LOSS, EXCLUDED_LOSS, GINI_EMBEDDING, GINI_NEURON_LOGIT)
 LR = "lr"
 ELAPSED_S = "elapsed_s"
 CURVE_METRICS = (
-    TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS, WEIGHT_NORM, FOURIER_SPARSITY, SOFTMAX_COLLAPSE,
-    LOGIT_GAP, LR,
+    TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS, WEIGHT_NORM, FOURIER_SPARSITY, *NANDA_MEASURES,
+    SOFTMAX_COLLAPSE, LOGIT_GAP, LR,
 )  # fmt: skip
 
 STEPS_TO_MEMORIZE = "steps_to_memorize"
@@ -54,6 +62,12 @@ TRAIN_PHASE_DROP = "train_phase_drop"
 VAL_PHASE_STEP = "val_phase_step"
 VAL_PHASE_DROP = "val_phase_drop"
 PHASE_OUTCOMES = (TRAIN_PHASE_STEP, TRAIN_PHASE_DROP, VAL_PHASE_STEP, VAL_PHASE_DROP)
+# grok_tune/progress.py: the steps at which Nanda et al.'s three phases end, read from the
+# measures above (memorization ~1.4k, circuit formation ~9.4k, clean-up ~14k in his run)
+MEMORIZATION_END = "memorization_end"
+CIRCUIT_FORMATION_END = "circuit_formation_end"
+CLEANUP_END = "cleanup_end"
+NANDA_PHASES = (MEMORIZATION_END, CIRCUIT_FORMATION_END, CLEANUP_END)
 STATUS = "status"
 OBJECTIVE = "objective"
 DONE = "done_training"
@@ -82,7 +96,7 @@ def tensorboard_tag(name: str) -> str:
     if split_metric:
         split, kind, position = split_metric.groups()
         return f"{kind}/{split}{position or ''}"
-    if name in (STEPS_TO_MEMORIZE, STEPS_TO_GENERALIZE, OBJECTIVE, *PHASE_OUTCOMES):
+    if name in (STEPS_TO_MEMORIZE, STEPS_TO_GENERALIZE, OBJECTIVE, *PHASE_OUTCOMES, *NANDA_PHASES):
         return f"outcome/{name}"
     return f"measures/{name}"
 

@@ -70,6 +70,7 @@ from grok_tune.packing import (
     effective_batch_size,
     training_examples,
 )
+from grok_tune.progress import nanda_phases
 from grok_tune.tasks import IGNORE, Split, make_task
 from grok_tune.tasks.streams import stream_key
 from grok_tune.train import Record, cross_entropy, model_config, save_atomically
@@ -917,10 +918,11 @@ class Population:
         return str(self.events[i].status)
 
     def phases(self, i: int) -> Record:
-        """Member i's largest phase changes, as ``Trainer.phases``."""
+        """Member i's largest phase changes and Nanda's phases, as ``Trainer.phases``."""
         h = self.histories[i]
         curve = {k: [r.get(k) for r in h] for k in h[0]} if h else {}
-        return phase_outcome(run_phase_changes(curve, self.layout.position_names))
+        found = run_phase_changes(curve, self.layout.position_names)
+        return phase_outcome(found) | nanda_phases(curve)
 
     def summary(self, i: int) -> Record:
         """``Trainer.summary`` for member i, and the population's size."""

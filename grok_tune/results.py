@@ -34,10 +34,13 @@ from grok_tune.config import MEMBERS, PACK, TrainConfig, flat_settings
 from grok_tune.events import DEFAULT_PHASE_RULE, PhaseRule, phase_outcome, run_phase_changes
 from grok_tune.layout import CURVES_FILE, PHASES_FILE, TRIAL_ID, TRIALS_FILE
 from grok_tune.naming import differing_settings, member_dir
+from grok_tune.progress import nanda_phases
 from grok_tune.regions import DEFAULT_RULE, REGION, REGION_RULE, RegionRule, classify_trials
 from grok_tune.tasks import INFINITE
 
 PHASE_RULE = "phase_rule"
+# the columns of trials.parquet that phase_rows derives from the curves
+HEADLINE_COLUMNS = (*m.PHASE_OUTCOMES, *m.NANDA_PHASES)
 SETTING_SUFFIX = "_setting"  # curves_with_settings: lr_setting beside the curve's lr
 
 _OUTCOME_COLUMNS: dict[str, pa.DataType] = {
@@ -53,10 +56,13 @@ _OUTCOME_COLUMNS: dict[str, pa.DataType] = {
     m.VAL_LOSS: pa.float64(),
     m.WEIGHT_NORM: pa.float64(),
     m.FOURIER_SPARSITY: pa.float64(),
+    **{name: pa.float64() for name in m.NANDA_MEASURES},
     m.SOFTMAX_COLLAPSE: pa.float64(),
     m.LOGIT_GAP: pa.float64(),
     m.OBJECTIVE: pa.float64(),
     **{name: pa.float64() for name in m.PHASE_OUTCOMES},
+    # Nanda's phases (grok_tune/progress.py), from the curves as the phase outcomes
+    **{name: pa.float64() for name in m.NANDA_PHASES},
     PHASE_RULE: pa.string(),
     "best_val_acc": pa.float64(),
     "wall_time_s": pa.float64(),
@@ -234,7 +240,8 @@ def phase_rows(
     curves: pd.DataFrame, rule: PhaseRule = DEFAULT_PHASE_RULE
 ) -> tuple[pd.DataFrame, dict[str, dict[str, float | None]]]:
     """Every phase change of every trial's loss curves (rows of phases.parquet), and each
-    trial's headline (the largest drop of its training and validation loss)."""
+    trial's headline (the largest drop of its training and validation loss, and where Nanda's
+    three phases ended: ``HEADLINE_COLUMNS``)."""
     rows, headline = [], {}
     positions = sorted(
         {match.group(3) for c in curves.columns if (match := _POSITION_METRIC.match(c))}
@@ -244,7 +251,7 @@ def phase_rows(
         columns = {c: curve[c].astype("float64").to_numpy() for c in curve if c != TRIAL_ID}
         mine = [p for p in positions if curve[f"{m.TRAIN_LOSS}_{p}"].notna().any()]
         found = run_phase_changes(columns, mine, rule)
-        headline[str(tid)] = phase_outcome(found)
+        headline[str(tid)] = phase_outcome(found) | nanda_phases(columns)
         for phase in found:
             rows.append({TRIAL_ID: tid, "curve": phase.curve, **dataclasses.asdict(phase.change)})
     return pd.DataFrame(rows, columns=PHASES_SCHEMA.names), headline
@@ -316,7 +323,7 @@ def tables(
         columns=list(dict.fromkeys([n for n, _ in CURVES_BASE] + list(curves.columns)))
     )
     phases, headline = phase_rows(curves, phase_rule)
-    for name in m.PHASE_OUTCOMES:
+    for name in HEADLINE_COLUMNS:
         trials[name] = [headline.get(t, {}).get(name) for t in trials[TRIAL_ID]]
     trials[PHASE_RULE] = phase_rule.describe()
     trials = classify_trials(trials, curves, rule).sort_values(TRIAL_ID, ignore_index=True)

@@ -44,12 +44,14 @@ if TYPE_CHECKING:
 
     from grok_tune.space import StudySpec
 
-OUTCOME_METRICS = (m.STEPS_TO_MEMORIZE, m.STEPS_TO_GENERALIZE, m.OBJECTIVE, *m.PHASE_OUTCOMES)
+OUTCOME_METRICS = (
+    m.STEPS_TO_MEMORIZE, m.STEPS_TO_GENERALIZE, m.OBJECTIVE, *m.PHASE_OUTCOMES, *m.NANDA_PHASES,
+)  # fmt: skip
 # the HParams table's metric columns in order: the dashboard ticks the first five
 TABLE_METRICS = (
     m.STEPS_TO_GENERALIZE, m.STEPS_TO_MEMORIZE, m.VAL_ACC, m.TRAIN_ACC, m.OBJECTIVE,
-    m.VAL_LOSS, m.TRAIN_LOSS, *m.PHASE_OUTCOMES, m.WEIGHT_NORM, m.FOURIER_SPARSITY,
-    m.SOFTMAX_COLLAPSE, m.LOGIT_GAP,
+    m.VAL_LOSS, m.TRAIN_LOSS, *m.PHASE_OUTCOMES, *m.NANDA_PHASES, m.WEIGHT_NORM,
+    m.FOURIER_SPARSITY, *m.NANDA_MEASURES, m.SOFTMAX_COLLAPSE, m.LOGIT_GAP,
 )  # fmt: skip
 # a session is written when its trial ends: it is never running
 SESSION_STATUSES = tuple(s.value for s in m.Status if s not in (m.Status.RUNNING, m.Status.PENDING))

@@ -35,6 +35,7 @@ from grok_tune.cli import Parser
 from grok_tune.config import INFINITE_BATCH, TrainConfig
 from grok_tune.events import RunEvents, StoppingRule, phase_outcome, run_phase_changes
 from grok_tune.model import ModelConfig, Transformer
+from grok_tune.progress import nanda_phases
 from grok_tune.tasks import IGNORE, Layout, Split, make_task
 
 Record = dict[str, Any]
@@ -205,11 +206,13 @@ class Trainer:
         return record
 
     def phases(self) -> Record:
-        """The run's largest phase changes of the training and validation loss so far."""
+        """The run's largest phase changes of the training and validation loss so far, and
+        where Nanda's three phases ended (grok_tune/progress.py)."""
         curve = (
             {k: [r.get(k) for r in self.history] for k in self.history[0]} if self.history else {}
         )
-        return phase_outcome(run_phase_changes(curve, self.layout.position_names))
+        found = run_phase_changes(curve, self.layout.position_names)
+        return phase_outcome(found) | nanda_phases(curve)
 
     # --- checkpoints ----------------------------------------------------------------------
     def _stateful_hooks(self) -> list[Any]:

@@ -450,6 +450,48 @@ def test_s5_embedding_from_a_checkpoint(tmp_path):
     drawn = embeddings.plot_embeddings(load_study(study_dir))
     assert_png(drawn.path)
     assert drawn.n_points == len(S5_ELEMENTS)
+    assert drawn.caption.startswith("coset agreement")  # printed with the figure
+
+
+def test_conjugates_and_left_cosets_of_h():
+    group = embeddings.subgroup(embeddings.H_GENERATORS)
+    found = embeddings.conjugates(group)
+    # H = <(0 3)(1 4), (1 2)(3 4)> is dihedral of order 10; its normalizer in S5 has order 20
+    assert found[0] == group and len(found) == 120 // 20
+    assert all(len(h) == 10 and tuple(range(5)) in h for h in found)
+    left = embeddings.left_cosets(group)
+    index = {g: i for i, g in enumerate(S5_ELEMENTS)}
+    for x in S5_ELEMENTS[:20]:
+        assert {left[index[compose(x, h)]] for h in group} == {left[index[x]]}
+    assert left != embeddings.right_cosets(group)  # H is not normal: the two sides differ
+
+
+def _clustered(labels: list[int], noise: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(max(labels) + 1, 16))
+    return centres[labels] + noise * rng.normal(size=(len(labels), 16))
+
+
+def test_coset_agreement_of_vectors_that_cluster_by_cosets_is_one():
+    group = embeddings.subgroup(embeddings.H_GENERATORS)
+    found = embeddings.coset_agreement(_clustered(embeddings.right_cosets(group), 0.05))
+    assert (found.agreement, found.conjugate, found.side) == (1.0, 0, "right")
+    assert found.neighbours == 9 and found.chance == pytest.approx(9 / 119)
+    # a conjugate's left cosets are found as such
+    third = embeddings.conjugates(group)[3]
+    found = embeddings.coset_agreement(_clustered(embeddings.left_cosets(third), 0.05))
+    assert (found.agreement, found.conjugate, found.side) == (1.0, 3, "left")
+    assert found.shuffled < 0.15 and "coset agreement 1.00" in found.describe()
+
+
+def test_coset_agreement_of_random_vectors_is_near_the_baseline():
+    rows = np.random.default_rng(5).normal(size=(len(S5_ELEMENTS), 16))
+    found = embeddings.coset_agreement(rows)
+    # the best of 12 labellings on random rows: a little above one labelling's 9/119
+    assert found.chance < found.shuffled < 0.12
+    assert found.agreement <= found.shuffled_p95 + 0.02
+    with pytest.raises(AnalysisError, match="120"):
+        embeddings.coset_agreement(rows[:100])
 
 
 def test_perplexity_must_be_below_the_points():

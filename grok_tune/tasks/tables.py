@@ -223,17 +223,49 @@ class TableTask(Task):
         return self._splits[1]
 
     def measure_names(self) -> tuple[str, ...]:
-        from grok_tune.metrics import FOURIER_SPARSITY
+        from grok_tune import metrics as m
 
-        return () if is_s5(self.cfg.op) else (FOURIER_SPARSITY,)
+        if is_s5(self.cfg.op):
+            return ()
+        return (m.FOURIER_SPARSITY, *m.NANDA_MEASURES)
+
+    @cached_property
+    def _grid(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """Nanda's measures' inputs (grok_tune/progress.py): the token rows of every pair on
+        the grid [a, j] (a-major), its answers a + j mod p and its training mask, where column
+        j holds b = j for x+y and b = -j mod p for x-y; None where they do not apply."""
+        import torch
+
+        from grok_tune.progress import ADDITIVE_OPS, P_MAX
+
+        cfg = self.cfg
+        if cfg.op not in ADDITIVE_OPS or cfg.p > P_MAX:
+            return None
+        p, sign = cfg.p, ADDITIVE_OPS[cfg.op]
+        j = torch.arange(p)
+        a, col = j.repeat_interleave(p), j.repeat(p)
+        b = (sign * col) % p
+        columns = [a, torch.full_like(a, p), b] if cfg.operator_token else [a, b]
+        x = torch.stack([*columns, torch.full_like(a, p + cfg.operator_token)], dim=1)
+        # equations() lists (a, b) a-major with every b: row a * p + b
+        train = split_mask(cfg.op, p, cfg.frac, cfg.seed)[a * p + b].view(p, p)
+        return x, ((a + col) % p).view(p, p), train
 
     def measures(self, model: nn.Module) -> dict[str, float | None]:
         from grok_tune import metrics as m
+        from grok_tune.progress import measures
 
         if is_s5(self.cfg.op):
             return {}
         embedding = model.tok_emb.weight[: self.layout.num_classes]
-        return {m.FOURIER_SPARSITY: m.fourier_sparsity(embedding)}
+        out: dict[str, float | None] = {m.FOURIER_SPARSITY: m.fourier_sparsity(embedding)}
+        grid = self._grid
+        if grid is None:  # not additive (or too large): recorded as None, never absent
+            return out | dict.fromkeys(m.NANDA_MEASURES)
+        device = model.tok_emb.weight.device
+        if grid[0].device != device:  # moved once, with the model
+            grid = self.__dict__["_grid"] = tuple(t.to(device) for t in grid)
+        return out | measures(model, *grid, self.cfg.p)
 
 
 # --- printing a table (python -m grok_tune.data) ---------------------------------------------
