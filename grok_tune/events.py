@@ -156,7 +156,7 @@ class PhaseRule:
     rel_window: float = 0.5  # a drop at step t completes within rel_window * t steps ...
     min_window_evals: int = 12  # ... or within this many evaluations, whichever is longer
     max_rate_before: float = 0.25  # before it: falling at under this share of the drop's rate
-    max_rate_after: float = 0.25  # after it: falling at under this share of the drop's rate
+    max_rate_after: float = 0.7  # after it: falling at under this share of the drop's rate
 
     def __post_init__(self) -> None:
         if not _whole(self.smooth) or self.smooth < 1 or self.smooth % 2 == 0:
@@ -253,6 +253,7 @@ def _iter_phase_changes(
 
     # the first test, for all evaluations at once: the lowest point ahead is low enough
     table = _min_table(y)
+    peaks = _min_table(-y)  # range maxima of y, negated
     low_ahead = np.full(n, np.inf)
     low_ahead[:-1] = _table_min(table, idx[:-1] + 1, ahead[:-1])
     passes = (y - low_ahead >= math.log(rule.min_drop_factor)) & (
@@ -264,20 +265,32 @@ def _iter_phase_changes(
     while (k := int(np.searchsorted(candidates, pos))) < len(candidates):
         i = int(candidates[k])
         j = i + 1 + int(np.argmin(y[i + 1 : ahead[i] + 1]))
-        # s: the last evaluation before the fall's middle still within 5% (of the fall in
-        # nats) of its local level; b: the bottom, within s's own window; e: the knee
-        mid = i + 1 + int(np.argmax(y[i + 1 : j + 1] <= (math.log(level[i]) + y[j]) / 2))
-        top = level[i:mid]
-        at_level = np.flatnonzero(lin[i:mid] >= top - _START_EDGE * (top - lin[j]))
-        s = i + int(at_level[-1]) if len(at_level) else i
-        b = s + 1 + int(np.argmin(y[s + 1 : ahead[s] + 1]))
-        e = _end(t, y, lin, s, b, ahead, behind, table, rule)
+        s = _start(y, lin, level, i, j)
+        # the bottom: the lowest point within the window before the loss climbs back above
+        # where it started (a cliff does not climb back over its own top; a drop that does is
+        # noise or a sawtooth, and only its part before the climb is a candidate)
+        back_up = np.flatnonzero(y[j + 1 : ahead[s] + 1] > y[s])
+        last = j + int(back_up[0]) if len(back_up) else int(ahead[s])
+        b = s + 1 + int(np.argmin(y[s + 1 : last + 1]))
+        e = _end(t, y, lin, s, b, ahead, behind, table, peaks, level, rule)
         if e is not None:
-            # the size counts from the level the fall leaves, not from the noise at s
-            yield _report(t, y, lin, s, e, max(float(lin[s]), float(level[s])))
+            yield _report(t, y, lin, s, e)
             pos = e
         else:
             pos = s + 1
+
+
+def _start(y: np.ndarray, lin: np.ndarray, level: np.ndarray, i: int, j: int) -> int:
+    """Where the fall from candidate ``i`` to its low ``j`` leaves the plateau: the last
+    evaluation before the fall's middle (in log-loss) still within 5% of the fall in nats of
+    the plateau's local level (the median of the evaluations up to it). A researcher puts the
+    start of a cliff at its top edge, the last point before the loss visibly goes down; judged
+    against the plateau's level, not its highest point, so that a noise peak far from the fall
+    does not set it."""
+    mid = i + 1 + int(np.argmax(y[i + 1 : j + 1] <= (math.log(level[i]) + y[j]) / 2))
+    top = level[i:mid]
+    at_level = np.flatnonzero(lin[i:mid] >= top - _START_EDGE * (top - lin[j]))
+    return i + int(at_level[-1]) if len(at_level) else i
 
 
 def _end(
@@ -289,16 +302,17 @@ def _end(
     ahead: np.ndarray,
     behind: np.ndarray,
     table: np.ndarray,
+    peaks: np.ndarray,
+    plateau: np.ndarray,
     rule: PhaseRule,
 ) -> int | None:
-    """Where the phase change from ``s`` ends, or None when no evaluation ends one.
+    """Where the phase change from ``s`` ends (the foot of the cliff), or None when no
+    evaluation ends one.
 
     Tried: the evaluations up to 90% of the log-fall to the bottom ``b``; kept: those that
-    make the drop big, after a plateau and complete. Of these, the end is the knee, where
-    the steep part stops: the one farthest below a line from ``s`` that falls at
-    ``max_rate_after`` of the drop's rate (the rate of the kept end after which the loss falls
-    slowest, relative to it). Before the knee the loss falls faster than that line, after it
-    slower: at the pace a tail may have."""
+    make the drop big, after a plateau, and followed by a slower stretch (a tail). Of these,
+    the foot is the one after which the loss falls slowest relative to the fall before it:
+    where the contrast between the cliff and what follows it is sharpest."""
     stop = s + 2 + int(np.argmax(y[s + 1 : b + 1] <= y[b] + _END_EDGE * (y[s] - y[b])))
     ye, te = y[s + 1 : stop], t[s + 1 : stop]
     rate = (y[s] - ye) / (te - t[s])  # the drop's mean rate, log-loss per step
@@ -309,50 +323,99 @@ def _end(
     ok = rate * (rule.max_rate_before * (t[s] - t[p])) > before if before > 0 else rate > 0
     if not ok.any():
         return None
-    # big, counted from the lowest point before: a return after a spike is no drop
+    # ... and over a span as long as the drop itself: a cliff stands out from what precedes it
+    # at its own time scale too. Averaged over the whole window, the fall of a cliff just
+    # before s looks slow, and the first part of its tail would pass for a fresh cliff.
+    q = np.searchsorted(t, t[s] - (te - t[s]), "left")
+    q = np.minimum(q, s - 1) if s > 0 else np.zeros(len(te), dtype=int)
+    own = y[q] - y[s]
+    ok &= (own <= 0) | (rate * (rule.max_rate_before * (t[s] - t[q])) > own) | (s == 0)
+    if not ok.any():
+        return None
+    # big: a factor counted from the lowest point before (a new low: a return after a spike
+    # is no drop), an amount in nats from the level the loss sat at (the plateau's local
+    # level, the median of the evaluations up to s, or the start if lower): what the fall moves, not what a dip in a bumpy floor
+    # had briefly moved already
     low = float(y[p : s + 1].min())
+    level = min(float(lin[s]), float(plateau[s]))
     ok &= (ye <= low - math.log(rule.min_drop_factor)) & (
-        lin[s + 1 : stop] <= math.exp(low) - rule.min_drop_nats
+        lin[s + 1 : stop] <= level - rule.min_drop_nats
     )
+    # held: the end has as many evaluations after it as the median needs to tell a fall from
+    # a dip (at the very end of a curve the smoothing shrinks to the raw last values)
+    held = len(t) - 1 - min(rule.smooth // 2, (len(t) - 1) // 2)
     e = s + 1 + np.flatnonzero(ok)
+    e = e[e <= held]
     if not len(e):
         return None
     rate = rate[e - s - 1]
-    # complete: over as long a span after e as the window had, the loss falls (per step) at a
-    # small share of the drop's rate, or not at all. A slow decline may follow (a digit's loss
-    # goes on sinking after its cliff); a steady decline, as fast after as during, is no drop.
-    # At the end of the curve it is judged on the evaluations there are.
+    # a knee: over as long a span after e as the window had, the loss falls (per step) at
+    # under max_rate_after of the drop's rate. A slower decline may follow (a digit's loss
+    # goes on sinking after its cliff: the cliff's tail); a decline as fast after as during
+    # has no foot and is a steady decline, not a cliff. At the end of the curve it is judged
+    # on the evaluations there are.
     w = int(ahead[s]) - s
     last = np.maximum(e + w, np.searchsorted(t, t[e] + (t[s + w] - t[s]), "right") - 1)
     last = np.minimum(last, len(t) - 1)
     span = t[last] - t[e]
     rest = y[e] - _table_min(table, e, last)
     after = np.divide(rest, span, out=np.zeros(len(e)), where=span > 0)
-    ok = (span == 0) | (after < rule.max_rate_after * rate)
+    share = after / rate
+    # and the loss stays down: over that span it does not climb back to where it started. A
+    # dip that comes back is the mirror of a spike, not a phase change.
+    back_up = -_table_min(peaks, e, last)
+    ok = (share < rule.max_rate_after) & (back_up < y[s])
     if not ok.any():
         return None
-    e, rate, after = e[ok], rate[ok], after[ok]
-    pace = rule.max_rate_after * rate[np.argmin(after / rate)]
+    # the foot: with r the drop's rate to the kept end after which the loss falls slowest
+    # relative to it, the kept end farthest below the line from s falling at max_rate_after
+    # x r: before it the loss falls faster than that line, after it slower, at a tail's pace.
+    # So a cliff with a slow tail ends at its foot, not out in the tail, and a sigmoid near
+    # its 90% point.
+    e, rate, share = e[ok], rate[ok], share[ok]
+    pace = rule.max_rate_after * rate[np.argmin(share)]
     return int(e[np.argmax(y[s] - y[e] - pace * (t[e] - t[s]))])
 
 
-def _report(
-    t: np.ndarray, y: np.ndarray, lin: np.ndarray, s: int, e: int, loss_start: float
-) -> PhaseChange:
-    fall = y[s : e + 1].copy()
-    fall[0] = math.log(loss_start)
-    half = (fall[0] + fall[-1]) / 2
-    k = 1 + int(np.argmax(fall[1:] <= half))  # fall[k - 1] > half >= fall[k]
-    share = (fall[k - 1] - half) / (fall[k - 1] - fall[k])
-    step = t[s + k - 1] + share * (t[s + k] - t[s + k - 1])
+def _steepest_half(t: np.ndarray, y: np.ndarray, s: int, e: int) -> tuple[int, int]:
+    """The steepest stretch of the fall from ``s`` to ``e``: the shortest ``[a, b]`` over which
+    the log-loss falls by half as much as from ``s`` to ``e`` (of equally short ones, the
+    middle one: a fall at one rate has its steepest point in its middle). Measured over half
+    the fall, noise of a few evaluations hardly moves it; for a sigmoid it is centred on the
+    centre, for a cliff with a rounded top or foot it lies in the steep part."""
+    half = (y[s] - y[e]) / 2
+    seg = y[s : e + 1]
+    low = np.minimum.accumulate(seg)  # non-increasing: the first reach of a level by search
+    target = seg[:-1] - half
+    b = np.searchsorted(-low, -target, side="left")
+    # a dip before a that already reached its target would end the stretch before it starts
+    valid = (low[:-1] > target) & (b < len(seg))
+    if not valid.any():
+        return s, e
+    a_ = np.flatnonzero(valid)
+    length = t[s + b[a_]] - t[s + a_]
+    tied = a_[length <= length.min() * (1 + 1e-9)]
+    a = int(tied[len(tied) // 2])
+    return s + a, s + int(b[a])
+
+
+def _report(t: np.ndarray, y: np.ndarray, lin: np.ndarray, s: int, e: int) -> PhaseChange:
+    """The record of the change from ``s`` to ``e``: its steepest point and smoothed ends."""
+    # the steepest point: where the log-loss crosses the middle of the steepest stretch
+    a, b = _steepest_half(t, y, s, e)
+    mid = (y[a] + y[b]) / 2
+    k = a + 1 + int(np.argmax(y[a + 1 : b + 1] <= mid))  # y[k - 1] > mid >= y[k]
+    share = (y[k - 1] - mid) / (y[k - 1] - y[k]) if y[k - 1] > y[k] else 0.5
+    step = float(t[k - 1] + share * (t[k] - t[k - 1]))
+    loss_start, loss_end = float(lin[s]), float(lin[e])
     return PhaseChange(
-        step=float(step),
+        step=step,
         start=float(t[s]),
         end=float(t[e]),
         loss_start=loss_start,
-        loss_end=float(lin[e]),
-        size=loss_start - float(lin[e]),
-        factor=loss_start / float(lin[e]),
+        loss_end=loss_end,
+        size=loss_start - loss_end,
+        factor=loss_start / loss_end,
     )
 
 
