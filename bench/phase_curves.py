@@ -46,39 +46,51 @@ INDUCTION = dict(
     steps=2000, eval_every=50, stop_after_generalized=None,
 )  # fmt: skip
 
-# name -> (group, settings)
-RUNS: dict[str, tuple[str, dict[str, Any]]] = {
-    **{
-        f"demo_f{frac}_wd{wd:g}": ("tables", {**DEMO, "frac": frac, "weight_decay": wd})
-        for frac in (0.3, 0.5, 0.8)
-        for wd in (0.0, 1.0)
-    },
-    "demo_f0.5_wd10": ("tables", {**DEMO, "frac": 0.5, "weight_decay": 10.0}),
-    "table97_f0.3": ("tables", {**TABLE97, "frac": 0.3}),
-    "table97_f0.95": ("tables", {**TABLE97, "frac": 0.95, "stop_after_generalized": 10}),
-    **{
-        f"add4_inf_s{seed}": ("addition", {**ADD4, "train_size": "infinite", "seed": seed})
-        for seed in (0, 1, 2)
-    },
-    "add4_n400": ("addition", {**ADD4, "train_size": 400, "steps": 3000}),
-    "add3_n750_wd0": (
+SPIKY = {**DEMO, "stop_after_generalized": None}
+
+
+def _runs() -> dict[str, tuple[str, dict[str, Any]]]:
+    """name -> (group, settings)."""
+    runs: dict[str, tuple[str, dict[str, Any]]] = {}
+    for frac in (0.3, 0.5, 0.8):
+        for wd in (0.0, 1.0):
+            runs[f"demo_f{frac}_wd{wd:g}"] = ("tables", {**DEMO, "frac": frac, "weight_decay": wd})
+    runs["demo_f0.5_wd10"] = ("tables", {**DEMO, "frac": 0.5, "weight_decay": 10.0})
+    runs["table97_f0.3"] = ("tables", {**TABLE97, "frac": 0.3})
+    runs["table97_f0.95"] = ("tables", {**TABLE97, "frac": 0.95, "stop_after_generalized": 10})
+    for seed in (0, 1, 2):
+        runs[f"add4_inf_s{seed}"] = ("addition", {**ADD4, "train_size": "infinite", "seed": seed})
+    runs["add4_n400"] = ("addition", {**ADD4, "train_size": 400, "steps": 3000})
+    runs["add3_n750_wd0"] = (
         "addition",
         {**ADD4, "digits": 3, "train_size": 750, "weight_decay": 0.0, "steps": 3000},
-    ),
-    **{
-        f"induction_L{layers}": ("induction", {**INDUCTION, "n_layers": layers, "train_size": "infinite"})
-        for layers in (1, 2, 3)
-    },  # fmt: skip
-    "induction_L2_n256": ("induction", {**INDUCTION, "n_layers": 2, "train_size": 256}),
-    "remedy_ema_f0.5_wd1": ("remedies", {**DEMO, "frac": 0.5, "weight_decay": 1.0, "grad_filter": "ema"}),
-    "remedy_ema_f0.3_wd0": ("remedies", {**DEMO, "frac": 0.3, "weight_decay": 0.0, "grad_filter": "ema"}),
-    "remedy_stablemax_f0.5": ("remedies", {**DEMO, "frac": 0.5, "weight_decay": 0.0, "loss": "stablemax"}),
-    "remedy_ortho_f0.5": ("remedies", {**DEMO, "frac": 0.5, "weight_decay": 0.0, "orthogonal_grad": True}),
+    )
+    for layers in (1, 2, 3):
+        runs[f"induction_L{layers}"] = (
+            "induction",
+            {**INDUCTION, "n_layers": layers, "train_size": "infinite"},
+        )
+    runs["induction_L2_n256"] = ("induction", {**INDUCTION, "n_layers": 2, "train_size": 256})
+    remedies: dict[str, dict[str, Any]] = {
+        "remedy_ema_f0.5_wd1": {"frac": 0.5, "weight_decay": 1.0, "grad_filter": "ema"},
+        "remedy_ema_f0.3_wd0": {"frac": 0.3, "weight_decay": 0.0, "grad_filter": "ema"},
+        "remedy_stablemax_f0.5": {"frac": 0.5, "weight_decay": 0.0, "loss": "stablemax"},
+        "remedy_ortho_f0.5": {"frac": 0.5, "weight_decay": 0.0, "orthogonal_grad": True},
+    }
+    for name, settings in remedies.items():
+        runs[name] = ("remedies", {**DEMO, **settings})
     # spiky: a large learning rate (loss spikes that recover, slingshots)
-    "spiky_lr1e-2_f0.5_wd1": ("spiky", {**DEMO, "frac": 0.5, "weight_decay": 1.0, "lr": 1e-2, "stop_after_generalized": None}),
-    "spiky_lr1e-2_f0.3_wd0.3": ("spiky", {**DEMO, "frac": 0.3, "weight_decay": 0.3, "lr": 1e-2, "stop_after_generalized": None}),
-    "spiky_lr3e-2_f0.8_wd0": ("spiky", {**DEMO, "frac": 0.8, "weight_decay": 0.0, "lr": 3e-2, "stop_after_generalized": None}),
-}  # fmt: skip
+    spiky: dict[str, dict[str, Any]] = {
+        "spiky_lr1e-2_f0.5_wd1": {"frac": 0.5, "weight_decay": 1.0, "lr": 1e-2},
+        "spiky_lr1e-2_f0.3_wd0.3": {"frac": 0.3, "weight_decay": 0.3, "lr": 1e-2},
+        "spiky_lr3e-2_f0.8_wd0": {"frac": 0.8, "weight_decay": 0.0, "lr": 3e-2},
+    }
+    for name, settings in spiky.items():
+        runs[name] = ("spiky", {**SPIKY, **settings})
+    return runs
+
+
+RUNS = _runs()
 
 
 def _round(x: float | None) -> float | None:
