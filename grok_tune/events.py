@@ -28,22 +28,37 @@ rule)`` finds them in one curve; the settings are the fields of ``PhaseRule`` (d
 3. **A drop** from evaluation ``s`` (start) to ``e`` (end, within ``W(t_s)`` of ``s``) is a phase
    change when it is
 
-   - *big*: the smoothed loss falls by at least ``min_drop_nats`` (0.01) nats **and** by a
-     factor of at least ``min_drop_factor`` (2), both counted from the lowest smoothed loss in
-     the span ``W(t_s)`` before ``s`` (or ``s`` itself), so that a loss coming back down after a
-     spike (a slingshot) does not count: a phase change takes the loss where it has not just
-     been;
-   - *after a plateau*: over that span before ``s``, the log-loss fell per step at less than
-     ``max_rate_before`` (0.25) of the drop's mean rate. Rising or flat is a plateau (validation
-     loss rises while a grokking run memorizes), and so is a decline slower than a quarter of
-     the drop (a rate, not an amount: validation loss often eases down before it collapses); a
-     steady decline, exponential or power-law, never is. The first evaluation has no history
-     and counts as a plateau: the model starts at chance, so training loss's initial drop
-     counts;
-   - *complete*: over a span as long as the window after ``e``, the log-loss falls per step at
-     less than ``max_rate_after`` (0.25) of the drop's mean rate, or not at all. This is what
-     makes it sudden: a slow tail may follow (a digit's loss goes on sinking after its cliff),
-     but a decline that merely begins after a plateau and goes on as fast does not stop.
+   - *big*: the smoothed loss falls by a factor of at least ``min_drop_factor`` (2) counted
+     from the lowest level held before (over the span ``W(t_s)`` before ``s``; held for two
+     evaluations, a running median of 3), so that a loss coming back down after a spike (a
+     slingshot) does not count: a phase change takes the loss where it has not just been; and
+     by at least ``min_drop_nats`` (0.01) nats from the level it sat at (the plateau's local
+     level, the median of the ``2 x min_window_evals + 1`` evaluations up to ``s``, or the
+     loss at ``s`` if lower): what the fall moves, not what a dip in a bumpy floor had briefly
+     moved already;
+   - *after a plateau or a slow stretch*: over that span before ``s``, **and** over a span
+     as long as the drop itself, the log-loss fell per step at less than ``max_rate_before``
+     (0.25) of the drop's mean rate. Rising or flat is a plateau (validation loss rises while
+     a grokking run memorizes), and so is a decline slower than a quarter of the drop (a rate,
+     not an amount: validation loss often eases down before it collapses); a steady decline,
+     exponential or power-law, never is. The span as long as the drop is what a researcher's
+     eye compares a cliff with: averaged over a long window, the cliff just before a point in
+     its tail looks slow, and the tail would pass for a fresh cliff. The first evaluation has
+     no history and counts as a plateau (the model starts at chance, so training loss's initial
+     drop counts), and a fall under way since the first evaluation starts there;
+   - *followed by a slower stretch*, its tail: over as long a span after ``e`` as the window,
+     the log-loss falls per step at under ``max_rate_after`` (0.7) of the drop's mean rate, or
+     not at all. A cliff followed by a slower decline is a phase change (a digit's loss goes on
+     sinking after its cliff, a grokking run's validation loss after its collapse); a decline
+     that goes on as fast as it began, or nearly (from 0.8 of the rate up: a bend too slight
+     for the eye, and within the noise of a smoothed curve), has no foot and is a steady
+     decline. A drop from the first evaluation has no plateau to stand out from, so its tail
+     must give the same contrast a plateau would: under ``max_rate_before`` of its rate (the
+     head of a power law that starts at once is no cliff). At the end of a curve it is judged
+     on the evaluations there are, but the end needs ``smooth // 2`` evaluations after it
+     (the median shrinks to raw values at the very end);
+   - *kept*: over that span after ``e`` the loss does not climb back to where it started. A
+     dip that comes back is the mirror of a spike.
 
    Why both amounts: a fall from 1e-4 to 1e-6 is a factor of 100 but 1e-4 nats and moves no
    prediction; a fall from 20 to 19 nats is a nat but 5%, the kind of wobble an overconfident
@@ -58,58 +73,58 @@ rule)`` finds them in one curve; the settings are the fields of ``PhaseRule`` (d
    below it (for all ``i`` at once, by a sparse-table range minimum). From a candidate: the start
    ``s`` is the last evaluation before the middle of the fall to ``j`` whose loss is still
    within 5% (of the fall in nats) of its local level, the median of the ``2 ×
-   min_window_evals + 1`` evaluations up to it (a plateau wanders: judged against one level
-   for all of it, the start would land on a noise peak far from the fall); the bottom ``b`` is
-   the lowest point within ``W(t_s)`` of ``s``. The end ``e`` is the **knee**, where the steep
-   part of the fall stops. The ends tried run from ``s + 1`` to the first evaluation with 90%
-   of the log-fall from ``s`` to ``b`` done (the end does not wait for a noisy or slowly
-   sinking floor); kept are those with which the drop passes the three tests. With ``r`` the
-   drop's mean rate to the kept end that stands out most (after which the loss falls slowest,
-   as a share of the drop's rate), ``e`` is the kept end farthest below the line from ``s``
-   that falls at ``max_rate_after`` × ``r``: before it the loss falls faster than that line,
-   after it slower, at a pace a tail may have. So a cliff followed by a slow tail ends at the
-   foot of the cliff, not out in the tail, while a sigmoid's rounded bottom still falls faster
-   than the line: a sigmoid ends at the 90% point, as one change. With an end kept, the drop
-   is reported and the search goes on from ``e``; otherwise from ``s + 1``. About a
-   millisecond for a curve of 2,000 evaluations with a plateau, about ten for a steady decline
-   (every evaluation a candidate).
-5. **Reported** (``PhaseChange``): ``start``/``end``, the steps of ``s``/``e``; ``loss_start``,
-   the level the fall leaves (the smoothed loss at ``s`` or, if higher, its local level: noise
-   at ``s`` is not part of the drop); ``loss_end``, the smoothed loss at ``e``; ``size`` =
-   their difference in nats, ``factor`` = their ratio (for a sigmoid ``ln factor`` is about
-   90% of the log-fall and ``size`` nearly all of it; for a cliff followed by a tail, the
-   cliff's alone); ``step``, the one step that stands for the change:
-   where the log-loss crosses halfway from ``loss_start`` to ``loss_end``, interpolated between
-   evaluations. That is the centre of a sigmoid in log-loss, steadier under noise than the
-   steepest fall between two evaluations; ``start`` and ``end`` move with noise more.
+   min_window_evals + 1`` evaluations up to it (a plateau wanders: judged against its highest
+   point, the start would land on a noise peak far from the fall); the bottom ``b`` is the
+   lowest point within ``W(t_s)`` of ``s`` before the loss climbs back above ``s`` (a sawtooth's
+   next tooth is not this drop's bottom). The end ``e`` is the **foot** of the cliff, where the
+   steep part stops. The ends tried run from ``s + 1`` to the first evaluation with 90% of the
+   log-fall from ``s`` to ``b`` done (the end does not wait for a noisy or slowly sinking
+   floor); kept are those with which the drop passes the tests. With ``r`` the drop's mean rate
+   to the kept end after which the loss falls slowest, as a share of the drop's rate (where the
+   contrast between cliff and tail is sharpest), ``e`` is the kept end farthest below the line
+   from ``s`` that falls at ``max_rate_after`` × ``r``: before it the loss falls faster than
+   that line, after it slower. So a cliff followed by a slow tail ends at the foot of the
+   cliff, not out in the tail, while a sigmoid's rounded bottom still falls faster than the
+   line. With an end kept, the drop is reported and the search goes on from ``e``; otherwise
+   from ``s + 1``. A few milliseconds for a curve of 2,000 evaluations.
+5. **Reported** (``PhaseChange``): ``start``/``end``, the steps of ``s``/``e``; ``loss_start``
+   and ``loss_end``, the smoothed losses there; ``size`` = their difference in nats, ``factor``
+   = their ratio (for a sigmoid ``ln factor`` is about 90% of the log-fall; for a cliff
+   followed by a tail, the cliff's alone); ``step``, the one step that stands for the change:
+   its **steepest point**, where the log-loss crosses the middle of the shortest stretch of
+   ``[s, e]`` that carries half the log-fall (interpolated; of equally short stretches, the
+   middle one). That is the centre of a sigmoid, the steep part of a cliff with a rounded top
+   or foot, always inside ``(start, end)``, and measured over half the fall it is steadier
+   under noise than the steepest step between two evaluations; ``start`` and ``end`` move
+   with noise more.
 
-What it can miss, or see that is not there:
+What it can miss, or see that is not there (tests/data/phase_curves holds 98 labelled curves of
+real runs; ``python -m grok_tune.events_eval`` scores the rule against them):
 
 - A drop slower than its window: the initial training drop when evaluations are so dense that
   it takes more than ``min_window_evals`` of them; a generalization slower than about half the
-  run before it. A steady decline, however large, is never a phase change (but see the start).
+  run before it. A steady decline, however large, is never a phase change.
 - A cliff whose tail falls at more than ``max_rate_after`` of the cliff's rate: on a log axis
-  that is the start of a steady decline. The units digit of 3-digit addition can look so: 2.0
-  to 0.92 in 250 steps, then on down at 0.7 of that rate (in log-loss) for 1,500 steps, a
-  phase change on a linear axis. ``max_rate_after=0.8`` takes it, but from 0.4 up so does a
-  decline at one rate that reaches its floor 1.6 windows after it starts (cut at one window,
-  it falls at 0.6 of its rate in the window after).
+  that is the start of a steady decline. A decline at one rate that reaches a floor within
+  about 1.6 windows of its start (its tail over the window after a cut at one window falls at
+  0.6 of its rate) counts: a change between two plateaus, as a grokking run's collapse looks
+  on the log-step axis; one that runs on at one rate for 3 windows does not.
 - A power law that begins after a plateau, with a time scale well under the window, is a
-  cliff and a tail: it counts.
-- Drops under 0.01 nats: training loss's clean-up drop at grokking once it is already ~1e-3
-  (lower ``min_drop_nats``); drops under a factor 2, such as a language model's induction bump
-  (a few tenths of a nat on ~3; lower ``min_drop_factor`` and smooth more).
+  cliff and a tail: it counts. One that begins at the first evaluation needs a flat foot.
+- Drops under 0.01 nats: training loss's clean-up drop once it is already ~1e-3 (lower
+  ``min_drop_nats``); drops under a factor 2, such as a language model's induction bump
+  (a few tenths of a nat on ~3; lower ``min_drop_factor`` and smooth more). A drop right at a
+  factor 2 is decided by the median's noise.
 - Two drops less than a window apart: read as one when the second falls inside the first's
-  window (the first alone fails the after-test, the second's fall being in its span); the
-  second fails the plateau test when the first's fall lies in its span.
-- At the start of a curve there is no history: the head of a steep power law (one whose time
-  offset is a few evaluations) reads as an initial drop.
+  window (the first alone fails the after-test, the second's fall being in its span), its
+  steepest point in whichever falls more in log-loss (a fall to exactly 0, clamped at 1e-12,
+  dwarfs anything); the second fails the plateau test when the first's fall lies in its span.
 - Heavy noise: above about 20% from one evaluation to the next, noise makes drops of its own
   (smooth more: 7 or 9). A drop that recovers within ``smooth // 2`` evaluations is smoothed
-  away.
+  away; spikes of more evaluations, frequent enough to fill the median's window, can move a
+  cliff's steepest point by an evaluation or two.
 - A spike longer than the span before its fall, or a loss that fell, rose for long and fell
   again, counts when it ends below where that span began.
-- A drop at the very end of a curve is judged on the evaluations there are.
 - A drop whose top eases in over tens of evaluations (a sigmoid in log-loss seen finely) starts
   where its fall shows within a few evaluations: its ``size`` is up to ~20% short.
 """
@@ -156,7 +171,7 @@ class PhaseRule:
     rel_window: float = 0.5  # a drop at step t completes within rel_window * t steps ...
     min_window_evals: int = 12  # ... or within this many evaluations, whichever is longer
     max_rate_before: float = 0.25  # before it: falling at under this share of the drop's rate
-    max_rate_after: float = 0.25  # after it: falling at under this share of the drop's rate
+    max_rate_after: float = 0.7  # after it (its tail): falling at under this share of its rate
 
     def __post_init__(self) -> None:
         if not _whole(self.smooth) or self.smooth < 1 or self.smooth % 2 == 0:
@@ -191,11 +206,11 @@ DEFAULT_PHASE_RULE = PhaseRule()
 class PhaseChange:
     """One sudden drop; steps as given, losses smoothed (``size`` in nats)."""
 
-    step: float  # where the log-loss is halfway from loss_start to loss_end (interpolated)
+    step: float  # the steepest point, inside (start, end) (interpolated)
     start: float  # the last evaluation still at the plateau's level
-    end: float  # the knee, where the steep part stops (a sigmoid: 90% of the log-fall done)
-    loss_start: float  # the plateau's level there (smoothed)
-    loss_end: float  # smoothed
+    end: float  # the foot, where the steep part stops (a sigmoid: ~90% of the log-fall done)
+    loss_start: float  # the smoothed loss at start
+    loss_end: float  # the smoothed loss at end
     size: float  # loss_start - loss_end, nats
     factor: float  # loss_start / loss_end
 
@@ -253,6 +268,8 @@ def _iter_phase_changes(
 
     # the first test, for all evaluations at once: the lowest point ahead is low enough
     table = _min_table(y)
+    peaks = _min_table(-y)  # range maxima of y, negated
+    held = np.log(_running_median(np.maximum(loss, LOSS_FLOOR), min(3, rule.smooth)))
     low_ahead = np.full(n, np.inf)
     low_ahead[:-1] = _table_min(table, idx[:-1] + 1, ahead[:-1])
     passes = (y - low_ahead >= math.log(rule.min_drop_factor)) & (
@@ -264,20 +281,39 @@ def _iter_phase_changes(
     while (k := int(np.searchsorted(candidates, pos))) < len(candidates):
         i = int(candidates[k])
         j = i + 1 + int(np.argmin(y[i + 1 : ahead[i] + 1]))
-        # s: the last evaluation before the fall's middle still within 5% (of the fall in
-        # nats) of its local level; b: the bottom, within s's own window; e: the knee
-        mid = i + 1 + int(np.argmax(y[i + 1 : j + 1] <= (math.log(level[i]) + y[j]) / 2))
-        top = level[i:mid]
-        at_level = np.flatnonzero(lin[i:mid] >= top - _START_EDGE * (top - lin[j]))
-        s = i + int(at_level[-1]) if len(at_level) else i
-        b = s + 1 + int(np.argmin(y[s + 1 : ahead[s] + 1]))
-        e = _end(t, y, lin, s, b, ahead, behind, table, rule)
+        s = _start(y, lin, level, i, j)
+        # the bottom: the lowest point within the window before the loss climbs back above
+        # where it started (a cliff does not climb back over its own top; a drop that does is
+        # noise or a sawtooth, and only its part before the climb is a candidate)
+        back_up = np.flatnonzero(y[j + 1 : ahead[s] + 1] > y[s])
+        last = j + int(back_up[0]) if len(back_up) else int(ahead[s])
+        b = s + 1 + int(np.argmin(y[s + 1 : last + 1]))
+        e = _end(t, y, lin, s, b, ahead, behind, table, peaks, level, held, rule)
+        if e is None and pos == 0 < s and (np.diff(y[: s + 1]) < 0).all():
+            # a fall under way since the first evaluation starts there: the model at chance
+            # is the plateau, and the evaluations the fall has already taken are not a
+            # decline before it
+            e = _end(t, y, lin, 0, b, ahead, behind, table, peaks, level, held, rule)
+            if e is not None:
+                s = 0
         if e is not None:
-            # the size counts from the level the fall leaves, not from the noise at s
-            yield _report(t, y, lin, s, e, max(float(lin[s]), float(level[s])))
+            yield _report(t, y, lin, s, e)
             pos = e
         else:
             pos = s + 1
+
+
+def _start(y: np.ndarray, lin: np.ndarray, level: np.ndarray, i: int, j: int) -> int:
+    """Where the fall from candidate ``i`` to its low ``j`` leaves the plateau: the last
+    evaluation before the fall's middle (in log-loss) still within 5% of the fall in nats of
+    the plateau's local level (the median of the evaluations up to it). A researcher puts the
+    start of a cliff at its top edge, the last point before the loss visibly goes down; judged
+    against the plateau's level, not its highest point, so that a noise peak far from the fall
+    does not set it."""
+    mid = i + 1 + int(np.argmax(y[i + 1 : j + 1] <= (math.log(level[i]) + y[j]) / 2))
+    top = level[i:mid]
+    at_level = np.flatnonzero(lin[i:mid] >= top - _START_EDGE * (top - lin[j]))
+    return i + int(at_level[-1]) if len(at_level) else i
 
 
 def _end(
@@ -289,16 +325,18 @@ def _end(
     ahead: np.ndarray,
     behind: np.ndarray,
     table: np.ndarray,
+    peaks: np.ndarray,
+    plateau: np.ndarray,
+    held: np.ndarray,
     rule: PhaseRule,
 ) -> int | None:
-    """Where the phase change from ``s`` ends, or None when no evaluation ends one.
+    """Where the phase change from ``s`` ends (the foot of the cliff), or None when no
+    evaluation ends one.
 
     Tried: the evaluations up to 90% of the log-fall to the bottom ``b``; kept: those that
-    make the drop big, after a plateau and complete. Of these, the end is the knee, where
-    the steep part stops: the one farthest below a line from ``s`` that falls at
-    ``max_rate_after`` of the drop's rate (the rate of the kept end after which the loss falls
-    slowest, relative to it). Before the knee the loss falls faster than that line, after it
-    slower: at the pace a tail may have."""
+    make the drop big, after a plateau, and followed by a slower stretch (a tail). Of these,
+    the foot is the one after which the loss falls slowest relative to the fall before it:
+    where the contrast between the cliff and what follows it is sharpest."""
     stop = s + 2 + int(np.argmax(y[s + 1 : b + 1] <= y[b] + _END_EDGE * (y[s] - y[b])))
     ye, te = y[s + 1 : stop], t[s + 1 : stop]
     rate = (y[s] - ye) / (te - t[s])  # the drop's mean rate, log-loss per step
@@ -309,50 +347,105 @@ def _end(
     ok = rate * (rule.max_rate_before * (t[s] - t[p])) > before if before > 0 else rate > 0
     if not ok.any():
         return None
-    # big, counted from the lowest point before: a return after a spike is no drop
-    low = float(y[p : s + 1].min())
+    # ... and over a span as long as the drop itself: a cliff stands out from what precedes it
+    # at its own time scale too. Averaged over the whole window, the fall of a cliff just
+    # before s looks slow, and the first part of its tail would pass for a fresh cliff.
+    q = np.searchsorted(t, t[s] - (te - t[s]), "left")
+    q = np.minimum(q, s - 1) if s > 0 else np.zeros(len(te), dtype=int)
+    own = y[q] - y[s]
+    ok &= (own <= 0) | (rate * (rule.max_rate_before * (t[s] - t[q])) > own) | (s == 0)
+    if not ok.any():
+        return None
+    # big: a factor counted from the lowest level held before (a new low: a return after a
+    # spike is no drop; held for two evaluations, a running median of 3: between frequent
+    # spikes the floor can be shorter than the smoothing's window, which would hide it), an
+    # amount in nats from the level the loss sat at (the plateau's local level, the median of
+    # the evaluations up to s, or the start if lower): what the fall moves, not what a dip in
+    # a bumpy floor had briefly moved already
+    low = float(held[p : s + 1].min())
+    level = min(float(lin[s]), float(plateau[s]))
     ok &= (ye <= low - math.log(rule.min_drop_factor)) & (
-        lin[s + 1 : stop] <= math.exp(low) - rule.min_drop_nats
+        lin[s + 1 : stop] <= level - rule.min_drop_nats
     )
+    # held: the end has as many evaluations after it as the median needs to tell a fall from
+    # a dip (at the very end of a curve the smoothing shrinks to the raw last values)
+    last_end = len(t) - 1 - min(rule.smooth // 2, (len(t) - 1) // 2)
     e = s + 1 + np.flatnonzero(ok)
+    e = e[e <= last_end]
     if not len(e):
         return None
     rate = rate[e - s - 1]
-    # complete: over as long a span after e as the window had, the loss falls (per step) at a
-    # small share of the drop's rate, or not at all. A slow decline may follow (a digit's loss
-    # goes on sinking after its cliff); a steady decline, as fast after as during, is no drop.
-    # At the end of the curve it is judged on the evaluations there are.
+    # a knee: over as long a span after e as the window had, the loss falls (per step) at
+    # under max_rate_after of the drop's rate. A slower decline may follow (a digit's loss
+    # goes on sinking after its cliff: the cliff's tail); a decline as fast after as during
+    # has no foot and is a steady decline, not a cliff. At the end of the curve it is judged
+    # on the evaluations there are.
     w = int(ahead[s]) - s
     last = np.maximum(e + w, np.searchsorted(t, t[e] + (t[s + w] - t[s]), "right") - 1)
     last = np.minimum(last, len(t) - 1)
     span = t[last] - t[e]
     rest = y[e] - _table_min(table, e, last)
     after = np.divide(rest, span, out=np.zeros(len(e)), where=span > 0)
-    ok = (span == 0) | (after < rule.max_rate_after * rate)
+    share = after / rate
+    # with no history (the first evaluation), what follows must stand out from the fall as a
+    # plateau before it would have (max_rate_before): the head of a power law that starts at
+    # once falls steeply and then slower, and only a fall with a flat foot is a cliff there
+    limit = rule.max_rate_before if s == 0 else rule.max_rate_after
+    # and the loss stays down: over that span it does not climb back to where it started. A
+    # dip that comes back is the mirror of a spike, not a phase change.
+    back_up = -_table_min(peaks, e, last)
+    ok = (share < limit) & (back_up < y[s])
     if not ok.any():
         return None
-    e, rate, after = e[ok], rate[ok], after[ok]
-    pace = rule.max_rate_after * rate[np.argmin(after / rate)]
+    # the foot: with r the drop's rate to the kept end after which the loss falls slowest
+    # relative to it, the kept end farthest below the line from s falling at max_rate_after
+    # x r: before it the loss falls faster than that line, after it slower, at a tail's pace.
+    # So a cliff with a slow tail ends at its foot, not out in the tail, and a sigmoid near
+    # its 90% point.
+    e, rate, share = e[ok], rate[ok], share[ok]
+    pace = rule.max_rate_after * rate[np.argmin(share)]
     return int(e[np.argmax(y[s] - y[e] - pace * (t[e] - t[s]))])
 
 
-def _report(
-    t: np.ndarray, y: np.ndarray, lin: np.ndarray, s: int, e: int, loss_start: float
-) -> PhaseChange:
-    fall = y[s : e + 1].copy()
-    fall[0] = math.log(loss_start)
-    half = (fall[0] + fall[-1]) / 2
-    k = 1 + int(np.argmax(fall[1:] <= half))  # fall[k - 1] > half >= fall[k]
-    share = (fall[k - 1] - half) / (fall[k - 1] - fall[k])
-    step = t[s + k - 1] + share * (t[s + k] - t[s + k - 1])
+def _steepest_half(t: np.ndarray, y: np.ndarray, s: int, e: int) -> tuple[int, int]:
+    """The steepest stretch of the fall from ``s`` to ``e``: the shortest ``[a, b]`` over which
+    the log-loss falls by half as much as from ``s`` to ``e`` (of equally short ones, the
+    middle one: a fall at one rate has its steepest point in its middle). Measured over half
+    the fall, noise of a few evaluations hardly moves it; for a sigmoid it is centred on the
+    centre, for a cliff with a rounded top or foot it lies in the steep part."""
+    half = (y[s] - y[e]) / 2
+    seg = y[s : e + 1]
+    low = np.minimum.accumulate(seg)  # non-increasing: the first reach of a level by search
+    target = seg[:-1] - half
+    b = np.searchsorted(-low, -target, side="left")
+    # a dip before a that already reached its target would end the stretch before it starts
+    valid = (low[:-1] > target) & (b < len(seg))
+    if not valid.any():
+        return s, e
+    a_ = np.flatnonzero(valid)
+    length = t[s + b[a_]] - t[s + a_]
+    tied = a_[length <= length.min() * (1 + 1e-9)]
+    a = int(tied[len(tied) // 2])
+    return s + a, s + int(b[a])
+
+
+def _report(t: np.ndarray, y: np.ndarray, lin: np.ndarray, s: int, e: int) -> PhaseChange:
+    """The record of the change from ``s`` to ``e``: its steepest point and smoothed ends."""
+    # the steepest point: where the log-loss crosses the middle of the steepest stretch
+    a, b = _steepest_half(t, y, s, e)
+    mid = (y[a] + y[b]) / 2
+    k = a + 1 + int(np.argmax(y[a + 1 : b + 1] <= mid))  # y[k - 1] > mid >= y[k]
+    share = (y[k - 1] - mid) / (y[k - 1] - y[k]) if y[k - 1] > y[k] else 0.5
+    step = float(t[k - 1] + share * (t[k] - t[k - 1]))
+    loss_start, loss_end = float(lin[s]), float(lin[e])
     return PhaseChange(
-        step=float(step),
+        step=step,
         start=float(t[s]),
         end=float(t[e]),
         loss_start=loss_start,
-        loss_end=float(lin[e]),
-        size=loss_start - float(lin[e]),
-        factor=loss_start / float(lin[e]),
+        loss_end=loss_end,
+        size=loss_start - loss_end,
+        factor=loss_start / loss_end,
     )
 
 
