@@ -29,7 +29,7 @@ from analysis.common import (
 )
 from grok_tune import metrics as m
 from grok_tune import search
-from grok_tune.layout import CURVES_FILE, TRIAL_ID, TRIALS_FILE
+from grok_tune.layout import CURVES_FILE, OPTUNA_FILE, STUDY_FILE, TRIAL_ID, TRIALS_FILE
 from grok_tune.regions import (
     REGION,
     Region,
@@ -107,7 +107,7 @@ def write_study(folder: Path, rows: list[dict], spec: dict | None = None) -> Pat
     pq.write_table(table(trials, TRIALS_SCHEMA), folder / TRIALS_FILE)
     pq.write_table(table(curves_df, CURVES_SCHEMA), folder / CURVES_FILE)
     if spec:
-        (folder / search.STUDY_FILE).write_text(yaml.safe_dump(spec))
+        (folder / STUDY_FILE).write_text(yaml.safe_dump(spec))
     return folder
 
 
@@ -393,7 +393,7 @@ def optuna_study(folder: Path, n_trials: int) -> Path:
     rows = [trial_row(f"o{i}", 100, 500) for i in range(max(n_trials, 1))]
     write_study(folder, rows)
     storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(folder / search.OPTUNA_FILE))
+        optuna.storages.journal.JournalFileBackend(str(folder / OPTUNA_FILE))
     )
     ot = optuna.create_study(
         study_name=folder.name, storage=storage, sampler=optuna.samplers.RandomSampler(seed=0)
