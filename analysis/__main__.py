@@ -24,7 +24,7 @@ from analysis import (
     summary,
 )
 from analysis.common import FRAC, AnalysisError, Study, base_parser, run_command
-from grok_tune.layout import CURVES_FILE, TRIALS_FILE, tensorboard_command
+from grok_tune.study_files import CURVES_FILE, TRIALS_FILE, tensorboard_command
 
 
 def _optional(what: str, draw: Callable[[], Path], skipped: list[str]) -> list[Path]:

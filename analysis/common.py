@@ -26,15 +26,6 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from grok_tune import metrics as m
 from grok_tune.cli import Parser
 from grok_tune.events import DEFAULT_PHASE_RULE
-from grok_tune.layout import (
-    CURVES_FILE,
-    FIGURES_DIR,
-    OPTUNA_FILE,
-    PHASES_FILE,
-    STUDY_FILE,
-    TRIAL_ID,
-    TRIALS_FILE,
-)
 from grok_tune.regions import (
     DEFAULT_RULE,
     REGION,
@@ -63,6 +54,15 @@ from grok_tune.space import (
     Uniform,
     load_yaml,
     parse_spec,
+)
+from grok_tune.study_files import (
+    CURVES_FILE,
+    FIGURES_DIR,
+    OPTUNA_FILE,
+    PHASES_FILE,
+    STUDY_FILE,
+    TRIAL_ID,
+    TRIALS_FILE,
 )
 
 CONFIG_COLUMNS: tuple[str, ...] = tuple(name for name, _ in CONFIG_SCHEMA)

@@ -35,8 +35,8 @@ from analysis.common import (
     title,
 )
 from grok_tune import metrics as m
-from grok_tune.layout import TRIAL_ID
 from grok_tune.regions import REGION
+from grok_tune.study_files import TRIAL_ID
 
 TRAIN_COLOR, VAL_COLOR = "tab:red", "tab:green"
 MAX_COLUMNS = 3

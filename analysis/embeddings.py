@@ -43,7 +43,7 @@ from analysis.common import (
     save,
 )
 from grok_tune import metrics as m
-from grok_tune.layout import STATE_FILE, TRIAL_ID
+from grok_tune.study_files import STATE_FILE, TRIAL_ID
 from grok_tune.tasks.tables import S5_ELEMENTS, Perm, compose, is_s5
 
 HEAD = "head.weight"  # grok_tune.model.Transformer's output layer: one row per answer class

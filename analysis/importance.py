@@ -26,7 +26,7 @@ from analysis.common import (
     save,
 )
 from grok_tune import metrics as m
-from grok_tune.layout import OPTUNA_FILE
+from grok_tune.study_files import OPTUNA_FILE
 
 MIN_TRIALS = 2
 

@@ -43,7 +43,7 @@ from analysis.common import (
 )
 from grok_tune import metrics as m
 from grok_tune.config import GROKFAST_SETTINGS, REMEDY_SETTINGS
-from grok_tune.layout import TRIAL_ID
+from grok_tune.study_files import TRIAL_ID
 
 TASK = "task"
 TRAIN_COLOR, VAL_COLOR = "tab:red", "tab:green"

@@ -28,8 +28,8 @@ from analysis.common import (
     run_command,
 )
 from grok_tune import metrics as m
-from grok_tune.layout import SUMMARY_FILE, TRIAL_ID
 from grok_tune.regions import REGION, REGIONS, TABLE_REGIONS, Region
+from grok_tune.study_files import SUMMARY_FILE, TRIAL_ID
 from grok_tune.tasks.tables import is_s5
 
 MAX_LISTED = 12  # fractions listed one by one per group; a sampled study has one per trial

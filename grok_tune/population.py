@@ -914,9 +914,6 @@ class Population:
     def history(self, i: int) -> list[Record]:
         return self.histories[i]
 
-    def status(self, i: int) -> str:
-        return str(self.events[i].status)
-
     def phases(self, i: int) -> Record:
         """Member i's largest phase changes and Nanda's phases, as ``Trainer.phases``."""
         h = self.histories[i]

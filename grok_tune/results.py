@@ -32,10 +32,10 @@ import pyarrow.parquet as pq
 from grok_tune import metrics as m
 from grok_tune.config import MEMBERS, PACK, TrainConfig, flat_settings
 from grok_tune.events import DEFAULT_PHASE_RULE, PhaseRule, phase_outcome, run_phase_changes
-from grok_tune.layout import CURVES_FILE, PHASES_FILE, TRIAL_ID, TRIALS_FILE
 from grok_tune.naming import differing_settings, member_dir
 from grok_tune.progress import nanda_phases
 from grok_tune.regions import DEFAULT_RULE, REGION, REGION_RULE, RegionRule, classify_trials
+from grok_tune.study_files import CURVES_FILE, PHASES_FILE, TRIAL_ID, TRIALS_FILE
 from grok_tune.tasks import INFINITE
 
 PHASE_RULE = "phase_rule"

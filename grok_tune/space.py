@@ -391,9 +391,6 @@ class StudySpec(BaseModel):
     def distributions(self) -> dict[str, Distribution]:
         return {k: v for k, v in self.params.items() if isinstance(v, _Dist)}
 
-    def trial_config(self, sampled: dict[str, Any]) -> TrainConfig:
-        return TrainConfig(**{**self.fixed, **sampled})
-
     def grid_points(self) -> list[dict[str, Scalar]]:
         """Every combination of the grid settings (one trial each per repeat), in Tune's order:
         the last grid setting varies slowest."""

@@ -35,9 +35,9 @@ from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
 from grok_tune import metrics as m
 from grok_tune.config import PACK, flat_settings
-from grok_tune.layout import TRIAL_ID
 from grok_tune.naming import differing_settings, member_dir, varying_settings
 from grok_tune.regions import REGION, REGIONS, classify_trials
+from grok_tune.study_files import TRIAL_ID
 
 if TYPE_CHECKING:
     import pyarrow.fs as pafs

@@ -385,7 +385,7 @@ def _stored_config(parser: Parser, out: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
-    from grok_tune.layout import folder_problem
+    from grok_tune.study_files import folder_problem
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -18,8 +18,8 @@ from ray import tune
 
 from grok_tune import metrics as m
 from grok_tune.config import MEMBERS, PACK, TrainConfig, flat_settings
-from grok_tune.layout import STATE_FILE
 from grok_tune.naming import differing_settings, member_dir
+from grok_tune.study_files import STATE_FILE
 
 if TYPE_CHECKING:
     from grok_tune.population import Population

@@ -29,7 +29,6 @@ from analysis.common import (
 )
 from grok_tune import metrics as m
 from grok_tune import search
-from grok_tune.layout import CURVES_FILE, OPTUNA_FILE, STUDY_FILE, TRIAL_ID, TRIALS_FILE
 from grok_tune.regions import (
     REGION,
     Region,
@@ -38,6 +37,7 @@ from grok_tune.regions import (
     first_step_reaching,
 )
 from grok_tune.results import CURVES_SCHEMA, TRIALS_SCHEMA
+from grok_tune.study_files import CURVES_FILE, OPTUNA_FILE, STUDY_FILE, TRIAL_ID, TRIALS_FILE
 from grok_tune.tasks.tables import S5_ELEMENTS, compose
 from grok_tune.train import TrainConfig
 

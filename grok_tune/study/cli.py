@@ -7,7 +7,7 @@
 
 The study directory STORAGE/NAME holds the study file, Ray Tune's experiment state, the Optuna
 journal, every trial's checkpoints and TensorBoard files, trials.parquet, curves.parquet and
-phases.parquet (grok_tune/layout.py). Everything that can be checked is checked before Ray
+phases.parquet (grok_tune/study_files.py). Everything that can be checked is checked before Ray
 starts: the study file and the flags, every point the study can produce, the storage location,
 the cluster's address; on local Ray, whether the machine can hold one trial at all.
 ``--dry-run`` stops there and prints what the study would run. A study that ends runs its
@@ -35,15 +35,6 @@ import yaml
 from grok_tune import metrics as m
 from grok_tune import study_state
 from grok_tune.cli import Parser
-from grok_tune.layout import (
-    DEFAULT_STORAGE,
-    OPTUNA_FILE,
-    STUDY_FILE,
-    analysis_command,
-    is_uri,
-    study_uri,
-    tensorboard_command,
-)
 from grok_tune.regions import REGION, REGIONS
 from grok_tune.space import SpecError, StudySpec, parse_spec, read_study_file
 from grok_tune.study.cluster import (
@@ -59,6 +50,15 @@ from grok_tune.study.plan import plan
 from grok_tune.study.resume import check_resumable, resolve_resume
 from grok_tune.study.storage import check_storage, write_text
 from grok_tune.study.tuner import make_tuner, study_exists
+from grok_tune.study_files import (
+    DEFAULT_STORAGE,
+    OPTUNA_FILE,
+    STUDY_FILE,
+    analysis_command,
+    is_uri,
+    study_uri,
+    tensorboard_command,
+)
 
 INTERRUPTED = 130  # the shell's status for a command ended by Ctrl-C (128 + SIGINT)
 

@@ -10,12 +10,12 @@ import yaml
 
 from grok_tune import study_state
 from grok_tune.config import strict_value
-from grok_tune.layout import STUDY_FILE, study_uri
 from grok_tune.space import RESUMABLE, SpecError, StudySpec, load_yaml, parse_spec, read_study_file
 from grok_tune.study.errors import Refused
 from grok_tune.study.flags import FLAGS, default_name
 from grok_tune.study.storage import read_text
 from grok_tune.study.tuner import study_exists
+from grok_tune.study_files import STUDY_FILE, study_uri
 
 
 def differing_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:

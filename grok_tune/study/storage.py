@@ -3,8 +3,8 @@ checks a storage location passes before anything is written."""
 
 from __future__ import annotations
 
-from grok_tune.layout import DEFAULT_STORAGE, folder_problem, is_uri
 from grok_tune.study.errors import Refused
+from grok_tune.study_files import DEFAULT_STORAGE, folder_problem, is_uri
 
 
 def write_text(uri: str, text: str) -> None:

@@ -11,10 +11,10 @@ from typing import Any
 from grok_tune import metrics as m
 from grok_tune import study_state
 from grok_tune.config import PACK, VARIANT
-from grok_tune.layout import OPTUNA_FILE, is_uri, study_uri
 from grok_tune.space import SEED, Distribution, Grid, StudySpec
 from grok_tune.study.cluster import WAIT_NOTICE_S, resources_text, trial_concurrency
 from grok_tune.study.configs import packs_of
+from grok_tune.study_files import OPTUNA_FILE, is_uri, study_uri
 
 
 def _tune_domain(dist: Distribution) -> Any:

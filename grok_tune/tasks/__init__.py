@@ -11,7 +11,7 @@ are made, how training and validation data are chosen, and its own progress meas
 - ``Task``: the validation split, the training split (finite data) or a stream of fresh batches
   (infinite data, its state one counter), and measures of the model beyond loss and accuracy.
 
-Adding a task is a module with a ``Task`` subclass registered in ``TASKS`` below, and its
+Adding a task is a module with a ``Task`` subclass registered in ``_registry`` below, and its
 settings as fields of ``TrainConfig``; nothing else changes.
 
 Nothing here imports torch at module level: the settings are checked (``check``) where torch is

@@ -27,7 +27,8 @@ CURVES_FILE = "curves.parquet"
 PHASES_FILE = "phases.parquet"
 FIGURES_DIR = "figures"
 SUMMARY_FILE = "summary.txt"
-# a trial checkpoint's one file: the trainer's state_dict through torch.save
+# a trial checkpoint's one file: the state_dict of its run (a Trainer's, or a population's)
+# through torch.save
 STATE_FILE = "trainer.pt"
 # the column naming a trial in both Parquet files
 TRIAL_ID = "trial_id"
