@@ -91,3 +91,27 @@ def test_members_per_trial_is_refused_where_it_cannot_pack(tmp_path, capsys):
     with pytest.raises(SystemExit):
         search.main(["--space", str(space), "--storage", str(tmp_path / "s"), "--dry-run"])
     assert "members_per_trial: packs grid and random studies" in capsys.readouterr().err
+
+
+def test_a_random_study_runs_the_same_points_packed_or_not(tmp_path):
+    """One sampler draws a random study's points (grok_tune/study/configs.py): packing them
+    into populations cannot change which configurations run, nor their seeds."""
+    spec = {
+        "name": "random",
+        "mode": "random",
+        "num_samples": 4,
+        "seed": 7,
+        "params": {
+            **TINY_PARAMS, "steps": 20, "eval_every": 20,
+            "lr": {"loguniform": [1e-3, 1e-2]}, "frac": {"uniform": [0.3, 0.7]},
+            "weight_decay": {"choice": [0.0, 1.0]},
+        },
+    }  # fmt: skip
+    points = []
+    for k in (1, 2):
+        study = run(tmp_path, {**spec, "members_per_trial": k}, f"random{k}")
+        trials = read_trials(str(study))[["lr", "frac", "weight_decay", "seed"]]
+        points.append(trials.sort_values("lr", ignore_index=True))
+    pd.testing.assert_frame_equal(points[0], points[1])
+    assert sorted(points[0]["seed"]) == [0, 1, 2, 3]  # each trial its own seed
+    assert points[0]["lr"].nunique() == 4

@@ -13,7 +13,7 @@ from grok_tune import study_state
 from grok_tune.config import PACK, VARIANT
 from grok_tune.space import SEED, Distribution, Grid, StudySpec
 from grok_tune.study.cluster import WAIT_NOTICE_S, resources_text, trial_concurrency
-from grok_tune.study.configs import packs_of
+from grok_tune.study.configs import member_configs, packs_of
 from grok_tune.study_files import OPTUNA_FILE, is_uri, study_uri
 
 
@@ -39,15 +39,25 @@ def param_space(spec: StudySpec) -> dict[str, Any]:
     if spec.variants:  # a trial's settings: its variant's merged in (grok_tune.trainable)
         space[VARIANT] = tune.grid_search(spec.variants)
     seeds = spec.repeat_seeds()
-    if seeds:  # the repeats, as Tune's slowest grid axis (last): repeat r is the r-th pass
+    if seeds and spec.mode == "grid":  # the repeats: Tune's slowest grid axis (last)
         space.pop(SEED, None)
         space[SEED] = tune.grid_search(seeds)
+    elif seeds:  # random: each point brings its seed (random_points); Tune wants the key here
+        space[SEED] = seeds[0]
     return space
 
 
 def tune_samples(spec: StudySpec) -> int:
-    """Tune's num_samples: the repeats, unless they are the seed axis of the space."""
-    return 1 if spec.repeat_seeds() else spec.num_samples
+    """Tune's num_samples: a grid's repeats, unless they are the seed axis of the space."""
+    return 1 if spec.mode == "grid" and spec.repeat_seeds() else spec.num_samples
+
+
+def random_points(spec: StudySpec) -> list[dict[str, Any]]:
+    """A random study's points as Tune runs them (``points_to_evaluate``): drawn once, by the
+    study's one sampler (grok_tune/study/configs.py), so that packing them into populations
+    can never change which configurations the study runs."""
+    sampled = [*spec.distributions, SEED]
+    return [{k: v for k, v in c.items() if k in sampled} for c in member_configs(spec)]
 
 
 def _optuna_storage(spec: StudySpec, uri: str) -> Any:
@@ -104,7 +114,11 @@ def _search_alg(spec: StudySpec, uri: str, concurrency: int) -> Any:
     from ray.tune.search import BasicVariantGenerator
 
     # Tune ignores TuneConfig's max_concurrent_trials for a generator that is not a Searcher
-    return _limited(BasicVariantGenerator)(random_state=spec.seed, max_concurrent=concurrency)
+    # a packed study's trials are its packs, drawn by the same sampler (configs.packs_of)
+    points = random_points(spec) if spec.mode == "random" and spec.members_per_trial == 1 else None
+    return _limited(BasicVariantGenerator)(
+        points_to_evaluate=points, random_state=spec.seed, max_concurrent=concurrency
+    )
 
 
 PRUNE_EVERY_S = 5.0  # how often the driver deletes checkpoints no resume can need
