@@ -82,7 +82,7 @@ REGION_COLORS: dict[Region, str] = {
     Region.GROK: "#5e3c99",
     Region.GENERALIZE: "#1b9e77",
     # unlimited data and induction (grok_tune/regions.py): lighter and darker kin of the above
-    Region.PARTIAL: "#fdb863",
+    Region.PARTIAL: "#c2e699",
     Region.LEARNED: "#66c2a5",
     Region.INDUCTION: "#b2abd2",
     Region.DIVERGED: "#404040",
