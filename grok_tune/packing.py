@@ -54,10 +54,27 @@ def population_key(cfg: TrainConfig) -> tuple[tuple[str, Any], ...]:
     )
 
 
+def check_stackable(cfgs: Sequence[TrainConfig]) -> None:
+    """ValueError where a configuration needs what the stacked population does not have:
+    it stacks the transformer under one lr per member (grok_tune/population.py)."""
+    for cfg in cfgs:
+        if cfg.architecture != "transformer":
+            raise ValueError(
+                f"members_per_trial > 1: populations stack the transformer only; architecture "
+                f"{cfg.architecture} trains one run per trial (members_per_trial: 1)"
+            )
+        if cfg.embedding_lr is not None:
+            raise ValueError(
+                "members_per_trial > 1: populations train one lr per member; embedding_lr "
+                "needs one run per trial (members_per_trial: 1)"
+            )
+
+
 def check_population(cfgs: Sequence[TrainConfig]) -> None:
     """ValueError naming the first setting in which a member differs from member 0."""
     if not cfgs:
         raise ValueError("a population needs at least one member")
+    check_stackable(cfgs)
     first = population_key(cfgs[0])
     for i, cfg in enumerate(cfgs[1:], 1):
         for (name, a), (_, b) in zip(first, population_key(cfg), strict=True):
@@ -72,6 +89,8 @@ def check_population(cfgs: Sequence[TrainConfig]) -> None:
 def population_groups(cfgs: Sequence[TrainConfig], max_size: int | None = None) -> list[list[int]]:
     """Indices of ``cfgs`` grouped by ``population_key`` (in order of first appearance), each
     group cut into populations of at most ``max_size`` members."""
+    if max_size != 1:
+        check_stackable(cfgs)
     groups: dict[tuple, list[int]] = {}
     for i, cfg in enumerate(cfgs):
         groups.setdefault(population_key(cfg), []).append(i)

@@ -198,6 +198,9 @@ class TableTask(Task):
             n_predict=1,
             # 'a ∘' (or 'a' alone) depends on a only: at most n distinct prefixes a batch
             shared_prefix=1 + with_op,
+            # 'a ∘ b =' or 'a b =': a first, b after the operator when there is one
+            operands=(0, 1 + with_op),
+            operand_vocab=n,
         )
 
     @cached_property
@@ -257,12 +260,12 @@ class TableTask(Task):
 
         if is_s5(self.cfg.op):
             return {}
-        embedding = model.tok_emb.weight[: self.layout.num_classes]
+        embedding = model.operand_embedding()[: self.layout.num_classes]
         out: dict[str, float | None] = {m.FOURIER_SPARSITY: m.fourier_sparsity(embedding)}
         grid = self._grid
         if grid is None:  # not additive (or too large): recorded as None, never absent
             return out | dict.fromkeys(m.NANDA_MEASURES)
-        device = model.tok_emb.weight.device
+        device = embedding.device
         if grid[0].device != device:  # moved once, with the model
             grid = self.__dict__["_grid"] = tuple(t.to(device) for t in grid)
         return out | measures(model, *grid, self.cfg.p)
