@@ -178,6 +178,11 @@ class TrainConfig(BaseModel):
     beta2: float = Field(0.98, ge=0, lt=1)
     adam_eps: float = Field(1e-8, gt=0, description="Adam's ε (Prieto et al. used 1e-25)")
     warmup_steps: int = Field(10, ge=0)
+    warmup_from_zero: bool = Field(
+        False,
+        description="warm-up lr·step/warmup_steps from lr 0 at step 0 (Nanda et al.'s "
+        "min(step/10, 1)); off: lr·(step+1)/warmup_steps",
+    )
     batch_size: int | None = Field(
         None, gt=0, description="None: min(512, half the training set); infinite data: 512"
     )
@@ -207,6 +212,12 @@ class TrainConfig(BaseModel):
     )
     attn_bias: bool = Field(True, description="biases in the attention's projections")
     head_bias: bool = Field(True, description="a bias in the output layer")
+    extra_classes: int = Field(
+        0,
+        ge=0,
+        description="output classes beyond the answers, never a target (Nanda et al.'s "
+        "unembedding also scores '=': 1)",
+    )
     mlp_input: Literal["embedding", "one_hot"] = Field(
         "embedding",
         description="architecture mlp: embedding: a learned vector per element, the two "

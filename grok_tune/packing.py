@@ -63,6 +63,11 @@ def check_stackable(cfgs: Sequence[TrainConfig]) -> None:
                 f"members_per_trial > 1: populations stack the transformer only; architecture "
                 f"{cfg.architecture} trains one run per trial (members_per_trial: 1)"
             )
+        if cfg.warmup_from_zero or cfg.extra_classes:
+            raise ValueError(
+                "members_per_trial > 1: populations do not know warmup_from_zero or "
+                "extra_classes; they need one run per trial (members_per_trial: 1)"
+            )
         if cfg.embedding_lr is not None:
             raise ValueError(
                 "members_per_trial > 1: populations train one lr per member; embedding_lr "

@@ -174,6 +174,14 @@ def grid_cross_entropy(
     return float(F.cross_entropy(flat, y))
 
 
+def operand_embedding(model: nn.Module) -> torch.Tensor:
+    """One row per element token: the model's ``operand_embedding()`` (the MLP with one-hot
+    input has no table of its own), or a plain module's ``tok_emb``."""
+    if hasattr(model, "operand_embedding"):
+        return model.operand_embedding()
+    return model.tok_emb.weight
+
+
 def neuron_logit_map(model: nn.Module) -> torch.Tensor | None:
     """W_L = W_U W_out, (classes, d_mlp): the map from the last block's MLP neurons to the
     logits (paper §4.2), or None for a model whose last block has no MLP. With a final
@@ -197,7 +205,7 @@ def measures(
     over all p² rows (in chunks), dropout off."""
     import torch
 
-    embedding = model.operand_embedding()[:p].detach()
+    embedding = operand_embedding(model)[:p].detach()
     w_l = neuron_logit_map(model)
     out: dict[str, float | None] = {
         m.GINI_EMBEDDING: gini(fourier_norms(embedding).cpu()),

@@ -47,7 +47,8 @@ def model_config(cfg: TrainConfig, layout: Layout) -> ModelConfig:
     """The model for a run: the task's layout plus the run's model settings (same names)."""
     from_task = {
         "vocab_size": layout.vocab_size,
-        "num_classes": layout.num_classes,
+        # extra outputs that no target names (Nanda et al.'s unembedding scores '=' too)
+        "num_classes": layout.num_classes + cfg.extra_classes,
         "n_positions": layout.n_positions,
         "n_predict": layout.n_predict,
         "shared_prefix": layout.shared_prefix,
@@ -176,8 +177,9 @@ class Trainer:
             until = min(self.step + cfg.eval_every - self.step % cfg.eval_every, cfg.steps)
             while self.step < until:
                 if self.step < cfg.warmup_steps:
+                    done = self.step + (not cfg.warmup_from_zero)
                     for group, lr in zip(opt.param_groups, self.base_lrs, strict=True):
-                        group["lr"] = lr * (self.step + 1) / cfg.warmup_steps
+                        group["lr"] = lr * done / cfg.warmup_steps
                 elif self.step == cfg.warmup_steps:
                     for group, lr in zip(opt.param_groups, self.base_lrs, strict=True):
                         group["lr"] = lr

@@ -256,11 +256,11 @@ class TableTask(Task):
 
     def measures(self, model: nn.Module) -> dict[str, float | None]:
         from grok_tune import metrics as m
-        from grok_tune.progress import measures
+        from grok_tune.progress import measures, operand_embedding
 
         if is_s5(self.cfg.op):
             return {}
-        embedding = model.operand_embedding()[: self.layout.num_classes]
+        embedding = operand_embedding(model)[: self.layout.num_classes]
         out: dict[str, float | None] = {m.FOURIER_SPARSITY: m.fourier_sparsity(embedding)}
         grid = self._grid
         if grid is None:  # not additive (or too large): recorded as None, never absent
