@@ -101,7 +101,15 @@ FILTER_READS: dict[str, tuple[str, ...]] = {
 # The settings only one architecture reads: given at a value of their own for the other, they
 # are refused; unread, they are None in a run's record (``used``).
 ARCHITECTURE_SETTINGS: dict[str, tuple[str, ...]] = {
-    "transformer": ("n_heads", "layer_norm", "attn_bias", "head_bias", "dropout"),
+    "transformer": (
+        "n_heads",
+        "layer_norm",
+        "attn_bias",
+        "head_bias",
+        "dropout",
+        "block_norm",
+        "attn_init",
+    ),
     "mlp": ("mlp_input", "mlp_bias"),
 }
 # what the MLP does not read with one-hot input: it has no embedding
@@ -212,6 +220,17 @@ class TrainConfig(BaseModel):
     )
     attn_bias: bool = Field(True, description="biases in the attention's projections")
     head_bias: bool = Field(True, description="a bias in the output layer")
+    block_norm: Literal["pre", "post", "stream"] = Field(
+        "pre",
+        description="where a block's LayerNorms sit: pre: x + f(LN(x)); post: LN(x + f(x)), no "
+        "final LayerNorm (nn.TransformerEncoderLayer, Prieto et al.'s transformer); stream: "
+        "x = LN(x) before the attention, the MLP pre-norm (Grokfast's Block)",
+    )
+    attn_init: Literal["pytorch", "xavier"] = Field(
+        "pytorch",
+        description="xavier: the attention's input projection Xavier-uniform, its biases 0 "
+        "(nn.MultiheadAttention's, Grokfast's attention)",
+    )
     extra_classes: int = Field(
         0,
         ge=0,

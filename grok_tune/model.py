@@ -62,6 +62,8 @@ class ModelConfig:
     activation: str = _default("activation")  # relu | gelu | tanh
     attn_bias: bool = _default("attn_bias")
     head_bias: bool = _default("head_bias")
+    block_norm: str = _default("block_norm")  # pre | post | stream (where LayerNorm sits)
+    attn_init: str = _default("attn_init")  # pytorch | xavier (nn.MultiheadAttention's)
     mlp_input: str = _default("mlp_input")  # embedding (Liu et al.) | one_hot (Prieto et al.)
     mlp_bias: bool = _default("mlp_bias")  # biases in every layer of the MLP
     init: str = _default("init")  # pytorch | width_scaled (Nanda et al.'s) | uniform_embeddings
@@ -120,9 +122,26 @@ class Attention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(B, n_q, C)), (k, v)
 
 
+def _last(x: torch.Tensor, n_out: int | None) -> torch.Tensor:
+    """x's last ``n_out`` positions (all of them for None): the residual of the rows a block's
+    attention computes."""
+    return x if n_out is None else x[:, x.shape[1] - n_out :]
+
+
 class Block(nn.Module):
+    """One block; where its LayerNorms sit is ``block_norm`` (without ``layer_norm`` they are
+    identities and the three agree):
+
+    - ``pre``:    x + attn(LN(x)), then x + mlp(LN(x)) (GPT-2; Power et al.'s, Nanda's);
+    - ``post``:   LN(x + attn(x)), then LN(x + mlp(x)) (nn.TransformerEncoderLayer's default,
+      the transformer of Prieto et al.'s figure 6);
+    - ``stream``: x = LN(x), then x + attn(x), then x + mlp(LN(x)): the attention's LayerNorm
+      replaces the residual stream itself (Grokfast's ``Block.forward``: ``x = self.ln_1(x)``).
+    """
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        self.norm = cfg.block_norm
         norm = (lambda: nn.LayerNorm(cfg.d_model)) if cfg.layer_norm else nn.Identity
         self.ln1 = norm()
         self.attn = Attention(cfg)
@@ -139,9 +158,15 @@ class Block(nn.Module):
     def forward(
         self, x: torch.Tensor, prefix: KeysValues | None = None, n_out: int | None = None
     ) -> tuple[torch.Tensor, KeysValues]:
-        residual = x if n_out is None else x[:, x.shape[1] - n_out :]
-        y, kv = self.attn(self.ln1(x), prefix, n_out)
-        x = residual + self.drop(y)
+        if self.norm == "post":
+            y, kv = self.attn(x, prefix, n_out)
+            x = self.ln1(_last(x, n_out) + self.drop(y))
+            if self.mlp is not None:
+                x = self.ln2(x + self.drop(self.mlp(x)))
+            return x, kv
+        h = self.ln1(x)
+        y, kv = self.attn(h, prefix, n_out)
+        x = _last(h if self.norm == "stream" else x, n_out) + self.drop(y)
         if self.mlp is not None:
             x = x + self.drop(self.mlp(self.ln2(x)))
         return x, kv
@@ -155,10 +180,14 @@ class Transformer(nn.Module):
         self.pos_emb = nn.Embedding(cfg.n_positions, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.ln_f = nn.LayerNorm(cfg.d_model) if cfg.layer_norm else nn.Identity()
+        # post-norm blocks end in a LayerNorm: nn.TransformerEncoder adds no final one
+        final_norm = cfg.layer_norm and cfg.block_norm != "post"
+        self.ln_f = nn.LayerNorm(cfg.d_model) if final_norm else nn.Identity()
         self.head = nn.Linear(cfg.d_model, cfg.num_classes, bias=cfg.head_bias)
         if cfg.init == "width_scaled":
             self._init_width_scaled()
+        if cfg.attn_init == "xavier":
+            self._init_attention_xavier()
         if cfg.init_scale != 1.0:
             with torch.no_grad():
                 for p in self.parameters():
@@ -175,6 +204,17 @@ class Transformer(nn.Module):
                 module.weight.normal_(0.0, std**-0.5)
                 if getattr(module, "bias", None) is not None:
                     module.bias.zero_()
+
+    @torch.no_grad()
+    def _init_attention_xavier(self) -> None:
+        """nn.MultiheadAttention's initialisation (Grokfast's attention): the (3·d, d) input
+        projection Xavier-uniform as one matrix, its and the output projection's biases 0; the
+        output projection keeps nn.Linear's default, as MultiheadAttention's does."""
+        for block in self.blocks:
+            nn.init.xavier_uniform_(block.attn.qkv.weight)
+            for linear in (block.attn.qkv, block.attn.proj):
+                if linear.bias is not None:
+                    linear.bias.zero_()
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Token ids (B, T) -> logits at the last n_predict positions (B, n_predict, classes)."""

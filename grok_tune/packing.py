@@ -24,6 +24,14 @@ MAY_DIFFER = frozenset(
         "preset",  # a label: the settings it fills are compared one by one
     }
 )  # fmt: skip
+# settings the stacked population (grok_tune/population.py) does not implement: at any other
+# value than these, a run trains on its own
+POPULATION_UNKNOWN: dict[str, Any] = {
+    "warmup_from_zero": False,
+    "extra_classes": 0,
+    "block_norm": "pre",
+    "attn_init": "pytorch",
+}
 SHARED = tuple(name for name in TrainConfig.model_fields if name not in MAY_DIFFER)
 EFFECTIVE_BATCH = "effective batch size"
 
@@ -63,10 +71,13 @@ def check_stackable(cfgs: Sequence[TrainConfig]) -> None:
                 f"members_per_trial > 1: populations stack the transformer only; architecture "
                 f"{cfg.architecture} trains one run per trial (members_per_trial: 1)"
             )
-        if cfg.warmup_from_zero or cfg.extra_classes:
+        unknown = [
+            name for name, default in POPULATION_UNKNOWN.items() if getattr(cfg, name) != default
+        ]
+        if unknown:
             raise ValueError(
-                "members_per_trial > 1: populations do not know warmup_from_zero or "
-                "extra_classes; they need one run per trial (members_per_trial: 1)"
+                f"members_per_trial > 1: populations do not know {', '.join(unknown)}; "
+                "they need one run per trial (members_per_trial: 1)"
             )
         if cfg.embedding_lr is not None:
             raise ValueError(

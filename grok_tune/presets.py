@@ -97,9 +97,11 @@ PRESETS: dict[str, Preset] = {
         "progress-measures-paper (transformers.py: Config, Embed, Unembed, Attention, MLP, "
         "Trainer)",
         differences="batch_size 100000 is the whole training set (full batch); their "
-        "unembedding also scores '=' (114 classes, never the answer) and their warm-up starts "
-        "at lr 0 (min(step/10, 1)); their 'high precision' cross-entropy is float64 log-softmax "
-        "in the notebook, float32 here by default (loss_dtype: float64 to follow it)",
+        "unembedding also scores '=' (114 classes, never the answer: extra_classes 1) and their "
+        "warm-up starts at lr 0 (min(step/10, 1): warmup_from_zero); their 'high precision' "
+        "cross-entropy is float64 log-softmax in the notebook, float32 here by default "
+        "(loss_dtype: float64 to follow it); each is a variant of "
+        "search_spaces/ablate_nanda.yaml",
         reported={
             "memorization": "~1.4k steps",
             "circuit formation": "to ~9.4k steps",
@@ -144,7 +146,10 @@ PRESETS: dict[str, Preset] = {
         "(followed: op x*y); torch.optim.Adam, so weight decay is an L2 term (optimizer: "
         "adam); their baseline is grad_filter none with weight_decay 0, their EMA run "
         "grad_filter ema, grokfast_alpha 0.98, grokfast_lamb 2, weight_decay 0.005; "
-        "their attention is nn.MultiheadAttention (xavier init), here nn.Linear's default",
+        "their attention is nn.MultiheadAttention (attn_init: xavier), their blocks normalise "
+        "the stream before the attention (block_norm: stream), their head scores '=' and '∘' "
+        "too (extra_classes: 2), their warm-up starts at lr 0 (warmup_from_zero): each is a "
+        "variant of search_spaces/ablate_grokfast_ma.yaml",
         reported={
             "baseline (wd 0)": "95% validation at 39,890 steps",
             "MA (wd 0.01)": "790 steps",
@@ -183,9 +188,11 @@ PRESETS: dict[str, Preset] = {
         source="Prieto et al. 2025, 'Grokking at the edge of numerical stability', Figure 6; "
         "github.com/LucasPrietoAl/grokking-at-the-edge-of-numerical-stability "
         "(run_main_experiments.sh figure 6, utils.py get_model/get_optimizer, orthograd.py)",
-        differences="their transformer reads the two operands without '=' and is post-norm "
-        "(nn.TransformerEncoderLayer); this is the project's pre-norm transformer: not their "
-        "model. Their headline StableMax results are on an MLP (not available here)",
+        differences="their transformer reads the two operands without '=' and is "
+        "nn.TransformerEncoderLayer's default: post-norm (block_norm: post), MLP 2048, dropout "
+        "0.1; this preset keeps the project's pre-norm transformer of width 512 without "
+        "dropout (set those beside it to follow theirs). Their headline StableMax results are "
+        "on an MLP: preset prieto2025_mlp",
         reported={
             "⊥Grad, wd 0": "generalizes without weight decay and without delay",
             "AdamW, wd 0": "no generalization (Softmax Collapse)",

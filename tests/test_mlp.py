@@ -239,3 +239,22 @@ def test_populations_refuse_the_mlp():
     assert population_groups(cfgs, 1) == [[0], [1]]
     with pytest.raises(ValueError, match="embedding_lr"):
         check_population([TrainConfig(embedding_lr=1e-2)])
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"block_norm": "post"},
+        {"attn_init": "xavier"},
+        {"warmup_from_zero": True},
+        {"extra_classes": 1},
+    ],
+)
+def test_populations_refuse_what_they_do_not_implement(settings):
+    with pytest.raises(ValueError, match="populations do not know"):
+        check_population([TrainConfig(**settings)])
+
+
+def test_transformer_settings_are_refused_for_the_mlp():
+    with pytest.raises(ValueError, match="block_norm: not a setting"):
+        TrainConfig(**{**PRIETO, "block_norm": "post"})
