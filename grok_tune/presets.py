@@ -241,7 +241,7 @@ PRESETS: dict[str, Preset] = {
     "liu2022": Preset(
         settings={
             "task": "table",
-            "op": "x+y",
+            "op": "x+y_int",
             "p": 10,
             "frac": 0.8,
             "operator_token": False,
@@ -272,12 +272,11 @@ PRESETS: dict[str, Preset] = {
         "decay, cross-entropy); github.com/ejmichaud/grokking-squared (toy/train_add.py DEC, "
         "NET, train_add; toy/produce_figure_data.py train_many_fig5c: eta_dec 1e-5..1e-2, "
         "weight_decay_dec 0..10, 1e4 steps, seed 1)",
-        differences="their task is integer addition a + b of p = 10 symbols (19 answer "
-        "classes) over the 55 unordered pairs a <= b, 45 of them for training; here x+y mod 10 "
-        "(10 classes) over the 100 ordered pairs, 80% for training, so that a held-out pair's "
-        "mirror b + a is often in training (the summed embeddings answer it for free: "
-        "memorization alone scores ~0.8 on validation, below the 0.9 threshold); their "
-        "accuracy is measured every step, here every eval_every steps",
+        differences="their task, integer addition a + b of p = 10 symbols with 19 answer "
+        "classes (op x+y_int), uses the 55 unordered pairs a <= b, 45 of them for training; "
+        "here the 100 ordered pairs, 80% for training, so that a held-out pair's mirror b + a "
+        "is often in training (the summed embeddings answer it for free); their accuracy is "
+        "measured every step, here every eval_every steps",
         reported={
             "phase diagram": "memorization at low weight decay, comprehension at moderate weight "
             "decay, confusion at large weight decay (and the largest lr), grokking in a band "
