@@ -158,15 +158,24 @@ class Block(nn.Module):
     def forward(
         self, x: torch.Tensor, prefix: KeysValues | None = None, n_out: int | None = None
     ) -> tuple[torch.Tensor, KeysValues]:
+        # the residual is taken before the attention runs: autograd sums x's two gradients in
+        # the order their uses were made, and the population (grok_tune/population.py) sums
+        # them in this order too (bit for bit)
         if self.norm == "post":
+            residual = _last(x, n_out)
             y, kv = self.attn(x, prefix, n_out)
-            x = self.ln1(_last(x, n_out) + self.drop(y))
+            x = self.ln1(residual + self.drop(y))
             if self.mlp is not None:
                 x = self.ln2(x + self.drop(self.mlp(x)))
             return x, kv
-        h = self.ln1(x)
+        if self.norm == "stream":
+            x = self.ln1(x)  # Grokfast's block: the normalised stream is the residual
+            residual, h = _last(x, n_out), x
+        else:
+            residual = _last(x, n_out)
+            h = self.ln1(x)
         y, kv = self.attn(h, prefix, n_out)
-        x = _last(h if self.norm == "stream" else x, n_out) + self.drop(y)
+        x = residual + self.drop(y)
         if self.mlp is not None:
             x = x + self.drop(self.mlp(self.ln2(x)))
         return x, kv
