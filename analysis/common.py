@@ -34,6 +34,7 @@ from grok_tune.regions import (
     Region,
     RegionRule,
     classify_trials,
+    trials_rule,
 )
 from grok_tune.results import (
     CONFIG_SCHEMA,
@@ -220,15 +221,20 @@ def majority(regions: pd.Series) -> tuple[Region, int]:
     return next(r for r in REGIONS if counts.get(r, 0) == best), best
 
 
-def load_study(path: str | Path, rule: RegionRule = DEFAULT_RULE) -> Study:
-    """Read a study directory's trials (and its study file), with regions under ``rule``."""
+def load_study(
+    path: str | Path, rule: RegionRule = DEFAULT_RULE, own_threshold: bool = False
+) -> Study:
+    """Read a study directory's trials (and its study file), with regions under ``rule``;
+    ``own_threshold``: at the trials' own accuracy threshold where they share one."""
     path = Path(path)
     if not (path / TRIALS_FILE).is_file():
         raise AnalysisError(
             f"{path}: no {TRIALS_FILE}: run python -m grok_tune.search first"
             + ("" if path.is_dir() else " (no such directory)")
         )
-    study = Study(path, _read_table(path, TRIALS_FILE, read_trials), _read_spec(path), rule)
+    trials = _read_table(path, TRIALS_FILE, read_trials)
+    rule = trials_rule(trials, rule) if own_threshold else rule
+    study = Study(path, trials, _read_spec(path), rule)
     if study.spec is not None and study.spec.variants:
         study.trials[VARIANT] = variant_labels(study.trials, study.spec.variants)
     if rule != DEFAULT_RULE or (study.trials[REGION_RULE] != rule.describe()).any():
@@ -292,9 +298,10 @@ def add_rule_options(parser: argparse.ArgumentParser) -> None:
     d = DEFAULT_RULE
     rule = parser.add_argument_group("region rule (grok_tune.regions)")
     rule.add_argument(
-        "--threshold", type=float, default=d.threshold,
-        help=f"accuracy that counts as memorized / generalized (default {d.threshold:g}); "
-        "another value re-derives both events from the curves",
+        "--threshold", type=float, default=None,
+        help="accuracy that counts as memorized / generalized (default: the trials' own "
+        f"where they share one, else {d.threshold:g}); another value re-derives both events "
+        "from the curves",
     )  # fmt: skip
     rule.add_argument(
         "--gap", choices=("ratio", "steps"), default=d.gap,
@@ -309,7 +316,7 @@ def add_rule_options(parser: argparse.ArgumentParser) -> None:
 
 def rule_from_args(args: argparse.Namespace) -> RegionRule:
     return RegionRule(
-        threshold=args.threshold,
+        threshold=DEFAULT_RULE.threshold if args.threshold is None else args.threshold,
         gap=args.gap,
         min_gap_steps=args.min_gap_steps,
         min_ratio=args.min_ratio,
@@ -328,7 +335,7 @@ def run_command(
     except ValueError as err:  # RegionRule's own checks, naming the option's value
         parser.fail(str(err))
     try:
-        paths = body(load_study(args.study, rule), args)
+        paths = body(load_study(args.study, rule, own_threshold=args.threshold is None), args)
     except AnalysisError as err:
         parser.fail(str(err))
     for path in paths:

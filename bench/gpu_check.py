@@ -441,7 +441,8 @@ def check_retire(args: argparse.Namespace, device: torch.device) -> dict:
     ]  # fmt: skip
     budget = cfgs[0].steps
     retired = {
-        str(i): {"status": pop.statuses()[i], "last_step": pop.history(i)[-1][m.STEP]} for i in retiring
+        str(i): {"status": pop.statuses[i], "last_step": pop.history(i)[-1][m.STEP]}
+        for i in retiring
     }
     expected = {"1": m.Status.DIVERGED}
     left_early = all(r["last_step"] < budget for r in retired.values())
@@ -554,7 +555,7 @@ def member_outcome(pop: Population, i: int) -> dict[str, Any]:
     return {
         "frac": pop.cfgs[i].frac,
         "seed": pop.cfgs[i].seed,
-        "status": pop.statuses()[i],
+        "status": pop.statuses[i],
         "steps_to_memorize": last.get(m.STEPS_TO_MEMORIZE),
         "steps_to_generalize": last.get(m.STEPS_TO_GENERALIZE),
         "last_step": last[m.STEP],
@@ -838,6 +839,9 @@ def render(data: dict[str, Any]) -> str:
         "correctness",
     ]
     for c in data["checks"]:
+        if "error" in c:  # the check itself raised: its message, not a crash of the report
+            lines.append(f"  FAIL  {c['name']:<18} raised: {c['error'].splitlines()[-1]}")
+            continue
         tol = c.get("tolerance")
         tol_s = tol if isinstance(tol, str) else ", ".join(f"{k} {v:g}" for k, v in tol.items())
         lines.append(

@@ -24,7 +24,9 @@ from grok_tune.tasks.tables import OPERATIONS, P_MAX
 #   all                         every parameter, as in Power et al.'s AdamW(model.parameters())
 #   matrices                    2-D weights incl. embeddings, not biases or norm gains (nanoGPT)
 #   matrices_except_embeddings  2-D weights of the blocks and the head only
-DecayScope = Literal["all", "matrices", "matrices_except_embeddings"]
+#   all_except_embeddings       every parameter but the embeddings (Liu et al.'s toy model
+#                               decays its decoder, biases included, and not its representation)
+DecayScope = Literal["all", "matrices", "matrices_except_embeddings", "all_except_embeddings"]
 # the batch of infinite data when none is set
 INFINITE_BATCH = 512
 
@@ -96,6 +98,28 @@ FILTER_READS: dict[str, tuple[str, ...]] = {
     "ema": ("grokfast_alpha", "grokfast_lamb"),
     "ma": ("grokfast_window", "grokfast_lamb"),
 }
+# The settings only one architecture reads: given at a value of their own for the other, they
+# are refused; unread, they are None in a run's record (``used``).
+ARCHITECTURE_SETTINGS: dict[str, tuple[str, ...]] = {
+    "transformer": (
+        "n_heads",
+        "layer_norm",
+        "attn_bias",
+        "head_bias",
+        "dropout",
+        "block_norm",
+        "attn_init",
+    ),
+    "mlp": ("mlp_input", "mlp_bias"),
+}
+# what the MLP does not read with one-hot input: it has no embedding
+ONE_HOT_UNREAD = ("d_model", "embedding_lr")
+# the initialisations each architecture knows
+ARCHITECTURE_INITS = {
+    "transformer": ("pytorch", "width_scaled"),
+    "mlp": ("pytorch", "uniform_embeddings"),
+}
+
 # Lee et al.'s λ: 2 for the EMA filter, 5 for the MA filter
 GROKFAST_LAMB = {"ema": 2.0, "ma": 5.0}
 # Prieto et al. computed StableMax in float64; cross-entropy is float32 unless asked
@@ -151,31 +175,80 @@ class TrainConfig(BaseModel):
         "(torch.optim.Adam, as Grokfast's code runs)",
     )
     lr: float = Field(1e-3, gt=0)
+    embedding_lr: float | None = Field(
+        None,
+        gt=0,
+        description="the embeddings' own learning rate (Liu et al.'s representation); unset: lr",
+    )
     weight_decay: float = Field(1.0, ge=0)
     decay_scope: DecayScope = "all"
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.98, ge=0, lt=1)
     adam_eps: float = Field(1e-8, gt=0, description="Adam's ε (Prieto et al. used 1e-25)")
     warmup_steps: int = Field(10, ge=0)
+    warmup_from_zero: bool = Field(
+        False,
+        description="warm-up lr·step/warmup_steps from lr 0 at step 0 (Nanda et al.'s "
+        "min(step/10, 1)); off: lr·(step+1)/warmup_steps",
+    )
     batch_size: int | None = Field(
         None, gt=0, description="None: min(512, half the training set); infinite data: 512"
     )
     steps: int = Field(100_000, gt=0, description="step budget")
     eval_every: int = Field(100, gt=0, description="steps between full-split evaluations")
     # model
-    n_layers: int = Field(2, ge=1)
-    d_model: int = Field(128, ge=1)
+    architecture: Literal["transformer", "mlp"] = Field(
+        "transformer",
+        description="transformer: the decoder-only transformer; mlp: the anchors' MLP over "
+        "the table's two operands (Liu et al., Prieto et al.; task table only)",
+    )
+    n_layers: int = Field(2, ge=1, description="transformer: blocks; mlp: hidden layers")
+    d_model: int = Field(
+        128, ge=1, description="transformer: residual width; mlp: the embedding's width"
+    )
     n_heads: int = Field(4, ge=1)
-    d_mlp: int = Field(512, ge=0, description="0: attention-only blocks (no MLP)")
+    d_mlp: int = Field(
+        512,
+        ge=0,
+        description="transformer: a block's MLP width, 0: attention-only blocks; mlp: the "
+        "width of every hidden layer",
+    )
     dropout: float = Field(0.0, ge=0, lt=1)
     layer_norm: bool = True
-    activation: Literal["relu", "gelu"] = Field("relu", description="the MLP's nonlinearity")
+    activation: Literal["relu", "gelu", "tanh"] = Field(
+        "relu", description="the MLP's nonlinearity (Liu et al.'s toy model: tanh)"
+    )
     attn_bias: bool = Field(True, description="biases in the attention's projections")
     head_bias: bool = Field(True, description="a bias in the output layer")
-    init: Literal["pytorch", "width_scaled"] = Field(
+    block_norm: Literal["pre", "post", "stream"] = Field(
+        "pre",
+        description="where a block's LayerNorms sit: pre: x + f(LN(x)); post: LN(x + f(x)), no "
+        "final LayerNorm (nn.TransformerEncoderLayer, Prieto et al.'s transformer); stream: "
+        "x = LN(x) before the attention, the MLP pre-norm (Grokfast's Block)",
+    )
+    attn_init: Literal["pytorch", "xavier"] = Field(
+        "pytorch",
+        description="xavier: the attention's input projection Xavier-uniform, its biases 0 "
+        "(nn.MultiheadAttention's, Grokfast's attention)",
+    )
+    extra_classes: int = Field(
+        0,
+        ge=0,
+        description="output classes beyond the answers, never a target (Nanda et al.'s "
+        "unembedding also scores '=': 1)",
+    )
+    mlp_input: Literal["embedding", "one_hot"] = Field(
+        "embedding",
+        description="architecture mlp: embedding: a learned vector per element, the two "
+        "operands' summed (Liu et al.); one_hot: the operands' one-hot vectors concatenated "
+        "(Prieto et al.)",
+    )
+    mlp_bias: bool = Field(True, description="architecture mlp: biases in every layer")
+    init: Literal["pytorch", "width_scaled", "uniform_embeddings"] = Field(
         "pytorch",
         description="pytorch: PyTorch's defaults (embeddings N(0, 1)); width_scaled: every "
-        "matrix N(0, 1/d_model), the output layer N(0, 1/classes), biases 0 (Nanda et al.)",
+        "matrix N(0, 1/d_model), the output layer N(0, 1/classes), biases 0 (Nanda et al.); "
+        "uniform_embeddings: the MLP's embeddings U(-1/2, 1/2), the rest PyTorch's (Liu et al.)",
     )
     init_scale: float = Field(1.0, gt=0, description="multiplies every initial weight (Omnigrok)")
     # remedies (grok_tune/remedies.py): all off by default
@@ -256,18 +329,54 @@ class TrainConfig(BaseModel):
                     else f"{', '.join(foreign)}: a setting of task {other}, not of task {self.task}"
                 )
         task_class(self.task).check(self)
-        if self.d_model % self.n_heads:
+        self._check_architecture(given)
+        if self.architecture == "transformer" and self.d_model % self.n_heads:
             raise ValueError(
                 f"d_model = {self.d_model} is not divisible by n_heads = {self.n_heads}"
             )
         return self
 
+    def _check_architecture(self, given: set[str]) -> None:
+        arch = self.architecture
+        foreign = sorted(given & self._unread_model_settings())
+        if foreign:
+            where = (
+                "with one-hot input (it has no embedding)"
+                if arch == "mlp" and set(foreign) <= set(ONE_HOT_UNREAD)
+                else f"of architecture {arch}"
+            )
+            raise ValueError(f"{', '.join(foreign)}: not a setting of the model {where}")
+        if self.init not in ARCHITECTURE_INITS[arch]:
+            raise ValueError(
+                f"init {self.init}: architecture {arch} knows {', '.join(ARCHITECTURE_INITS[arch])}"
+            )
+        if arch != "mlp":
+            return
+        if self.task != "table":
+            raise ValueError(
+                f"architecture mlp reads a table's two operands: task {self.task} has none "
+                "(use architecture transformer)"
+            )
+        if self.init == "uniform_embeddings" and self.mlp_input != "embedding":
+            raise ValueError("init uniform_embeddings: needs mlp_input embedding")
+        if self.d_mlp < 1:
+            raise ValueError("d_mlp = 0: the MLP's hidden layers need a width of at least 1")
+
+    def _unread_model_settings(self) -> set[str]:
+        """The model settings this run's architecture does not read."""
+        other = "mlp" if self.architecture == "transformer" else "transformer"
+        unread = set(ARCHITECTURE_SETTINGS[other])
+        if self.architecture == "mlp" and self.mlp_input == "one_hot":
+            unread |= set(ONE_HOT_UNREAD)
+        return unread
+
     def used(self) -> dict[str, Any]:
-        """The settings this run reads: another task's, and a filter's when it is off, are
-        None (blank in Parquet, absent from TensorBoard's hparams)."""
+        """The settings this run reads: another task's, another architecture's, and a filter's
+        when it is off, are None (blank in Parquet, absent from TensorBoard's hparams)."""
         own = set(task_settings()[self.task])
         unused = {n for names in task_settings().values() for n in names} - own
         unused |= set(GROKFAST_SETTINGS) - set(FILTER_READS[self.grad_filter])
+        unused |= self._unread_model_settings()
         return {k: (None if k in unused else v) for k, v in self.model_dump().items()}
 
     @property

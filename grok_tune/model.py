@@ -1,4 +1,4 @@
-"""The grokking transformer, in plain PyTorch.
+"""The grokking models, in plain PyTorch: the transformer, and the anchors' MLP.
 
 A decoder-only transformer with causal attention and learned positions (Power et al. 2022):
 defaults are the paper's 2 layers, width 128, 4 heads, MLP 512 (about 4·10⁵ parameters).
@@ -11,6 +11,14 @@ to float rounding (tests/test_model.py holds both to the obvious computation, gr
 included): the last layer runs its queries, output projection and MLP on the predicted
 positions alone, and a leading prefix that takes few values across the batch ('a ∘' of a
 table) runs once per distinct prefix instead of once per row.
+
+``architecture: mlp`` is the model two anchors drew their claims on (``MLP`` below): the
+operands alone (the table's '∘' and '=' carry nothing), embedded, then hidden layers and an
+output layer. ``mlp_input: embedding`` is Liu et al.'s toy model (one learned vector per
+element, the two operands' vectors summed, a tanh MLP decoder; ejmichaud/grokking-squared,
+toy/train_add.py ``DEC``/``NET``); ``mlp_input: one_hot`` is Prieto et al.'s (the operands'
+one-hot vectors concatenated into bias-free ReLU layers; LucasPrietoAl/grokking-at-the-edge-of-
+numerical-stability, models.py ``MLP``). ``build_model`` picks the one a config names.
 """
 
 from __future__ import annotations
@@ -38,17 +46,32 @@ class ModelConfig:
     # leading positions computed once per distinct prefix in the batch (0: never); the table
     # task sets 2 ('a ∘'), as under causal attention they depend on a alone
     shared_prefix: int = 0
+    # the MLP reads these positions alone (the table's operands), tokens 0 .. operand_vocab - 1
+    operands: tuple[int, ...] = ()
+    operand_vocab: int = 0
+    architecture: str = _default("architecture")  # transformer | mlp
+    # transformer: blocks; mlp: hidden layers
     n_layers: int = _default("n_layers")
+    # transformer: the residual width; mlp with embedding input: the embedding's width
     d_model: int = _default("d_model")
     n_heads: int = _default("n_heads")
-    d_mlp: int = _default("d_mlp")  # 0: attention-only blocks
+    # transformer: each block's MLP width, 0: attention-only blocks; mlp: every hidden layer's
+    d_mlp: int = _default("d_mlp")
     dropout: float = _default("dropout")
     layer_norm: bool = _default("layer_norm")
-    activation: str = _default("activation")  # relu | gelu
+    activation: str = _default("activation")  # relu | gelu | tanh
     attn_bias: bool = _default("attn_bias")
     head_bias: bool = _default("head_bias")
-    init: str = _default("init")  # pytorch | width_scaled (Nanda et al.'s)
+    block_norm: str = _default("block_norm")  # pre | post | stream (where LayerNorm sits)
+    attn_init: str = _default("attn_init")  # pytorch | xavier (nn.MultiheadAttention's)
+    mlp_input: str = _default("mlp_input")  # embedding (Liu et al.) | one_hot (Prieto et al.)
+    mlp_bias: bool = _default("mlp_bias")  # biases in every layer of the MLP
+    init: str = _default("init")  # pytorch | width_scaled (Nanda et al.'s) | uniform_embeddings
     init_scale: float = _default("init_scale")  # Omnigrok's α: multiplies every initial weight
+
+
+def _activation(name: str) -> nn.Module:
+    return {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}[name]()
 
 
 KeysValues = tuple[torch.Tensor, torch.Tensor]  # (B, heads, positions, head width) each
@@ -99,26 +122,59 @@ class Attention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(B, n_q, C)), (k, v)
 
 
+def _last(x: torch.Tensor, n_out: int | None) -> torch.Tensor:
+    """x's last ``n_out`` positions (all of them for None): the residual of the rows a block's
+    attention computes."""
+    return x if n_out is None else x[:, x.shape[1] - n_out :]
+
+
 class Block(nn.Module):
+    """One block; where its LayerNorms sit is ``block_norm`` (without ``layer_norm`` they are
+    identities and the three agree):
+
+    - ``pre``:    x + attn(LN(x)), then x + mlp(LN(x)) (GPT-2; Power et al.'s, Nanda's);
+    - ``post``:   LN(x + attn(x)), then LN(x + mlp(x)) (nn.TransformerEncoderLayer's default,
+      the transformer of Prieto et al.'s figure 6);
+    - ``stream``: x = LN(x), then x + attn(x), then x + mlp(LN(x)): the attention's LayerNorm
+      replaces the residual stream itself (Grokfast's ``Block.forward``: ``x = self.ln_1(x)``).
+    """
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        self.norm = cfg.block_norm
         norm = (lambda: nn.LayerNorm(cfg.d_model)) if cfg.layer_norm else nn.Identity
         self.ln1 = norm()
         self.attn = Attention(cfg)
         self.mlp = None
         if cfg.d_mlp:  # attention-only blocks (Nanda's induction model) have neither
             self.ln2 = norm()
-            act = nn.GELU() if cfg.activation == "gelu" else nn.ReLU()
             self.mlp = nn.Sequential(
-                nn.Linear(cfg.d_model, cfg.d_mlp), act, nn.Linear(cfg.d_mlp, cfg.d_model)
+                nn.Linear(cfg.d_model, cfg.d_mlp),
+                _activation(cfg.activation),
+                nn.Linear(cfg.d_mlp, cfg.d_model),
             )
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(
         self, x: torch.Tensor, prefix: KeysValues | None = None, n_out: int | None = None
     ) -> tuple[torch.Tensor, KeysValues]:
-        residual = x if n_out is None else x[:, x.shape[1] - n_out :]
-        y, kv = self.attn(self.ln1(x), prefix, n_out)
+        # the residual is taken before the attention runs: autograd sums x's two gradients in
+        # the order their uses were made, and the population (grok_tune/population.py) sums
+        # them in this order too (bit for bit)
+        if self.norm == "post":
+            residual = _last(x, n_out)
+            y, kv = self.attn(x, prefix, n_out)
+            x = self.ln1(residual + self.drop(y))
+            if self.mlp is not None:
+                x = self.ln2(x + self.drop(self.mlp(x)))
+            return x, kv
+        if self.norm == "stream":
+            x = self.ln1(x)  # Grokfast's block: the normalised stream is the residual
+            residual, h = _last(x, n_out), x
+        else:
+            residual = _last(x, n_out)
+            h = self.ln1(x)
+        y, kv = self.attn(h, prefix, n_out)
         x = residual + self.drop(y)
         if self.mlp is not None:
             x = x + self.drop(self.mlp(self.ln2(x)))
@@ -133,10 +189,14 @@ class Transformer(nn.Module):
         self.pos_emb = nn.Embedding(cfg.n_positions, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.ln_f = nn.LayerNorm(cfg.d_model) if cfg.layer_norm else nn.Identity()
+        # post-norm blocks end in a LayerNorm: nn.TransformerEncoder adds no final one
+        final_norm = cfg.layer_norm and cfg.block_norm != "post"
+        self.ln_f = nn.LayerNorm(cfg.d_model) if final_norm else nn.Identity()
         self.head = nn.Linear(cfg.d_model, cfg.num_classes, bias=cfg.head_bias)
         if cfg.init == "width_scaled":
             self._init_width_scaled()
+        if cfg.attn_init == "xavier":
+            self._init_attention_xavier()
         if cfg.init_scale != 1.0:
             with torch.no_grad():
                 for p in self.parameters():
@@ -153,6 +213,17 @@ class Transformer(nn.Module):
                 module.weight.normal_(0.0, std**-0.5)
                 if getattr(module, "bias", None) is not None:
                     module.bias.zero_()
+
+    @torch.no_grad()
+    def _init_attention_xavier(self) -> None:
+        """nn.MultiheadAttention's initialisation (Grokfast's attention): the (3·d, d) input
+        projection Xavier-uniform as one matrix, its and the output projection's biases 0; the
+        output projection keeps nn.Linear's default, as MultiheadAttention's does."""
+        for block in self.blocks:
+            nn.init.xavier_uniform_(block.attn.qkv.weight)
+            for linear in (block.attn.qkv, block.attn.proj):
+                if linear.bias is not None:
+                    linear.bias.zero_()
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Token ids (B, T) -> logits at the last n_predict positions (B, n_predict, classes)."""
@@ -182,28 +253,151 @@ class Transformer(nn.Module):
         # only the predicted positions reach the head (the last layer computed nothing else)
         return self.head(self.ln_f(x[:, x.shape[1] - n_out :]))
 
+    def embeddings(self) -> list[nn.Parameter]:
+        """The embedding tables: what ``embedding_lr`` and the decay scopes name."""
+        return [self.tok_emb.weight, self.pos_emb.weight]
+
+    def operand_embedding(self) -> torch.Tensor:
+        """One row per token: what the Fourier measures read (grok_tune/progress.py)."""
+        return self.tok_emb.weight
+
     def num_params(self, non_embedding: bool = False) -> int:
-        n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
-            n -= self.tok_emb.weight.numel() + self.pos_emb.weight.numel()
-        return n
+        return _num_params(self, non_embedding)
 
-    def param_groups(self, weight_decay: float, scope: DecayScope) -> list[dict]:
-        """AdamW parameter groups: which tensors weight decay touches, by ``scope``."""
-        embeddings = {id(self.tok_emb.weight), id(self.pos_emb.weight)}
+    def param_groups(
+        self, weight_decay: float, scope: DecayScope, embedding_lr: float | None = None
+    ) -> list[dict]:
+        return param_groups(self, weight_decay, scope, embedding_lr)
 
-        def decayed(p: nn.Parameter) -> bool:
-            if scope == "all":
-                return True
-            if p.dim() < 2:
-                return False
-            return scope == "matrices" or id(p) not in embeddings
 
-        params = list(self.parameters())
+class MLP(nn.Module):
+    """The anchors' MLP over a table's two operands (``architecture: mlp``).
+
+    operands -> input -> n_layers x (Linear(., d_mlp) -> activation) -> Linear(d_mlp, classes)
+
+    where the input is, by ``mlp_input``:
+    - ``embedding`` (Liu et al. 2022): ``tok_emb[a] + tok_emb[b]``, one learned d_model-wide
+      vector per element, shared by both operands and summed, as their ``DEC.forward`` hard-codes
+      the addition (``reprs[x_id[:, 0]] + reprs[x_id[:, 1]]``): the decoder sees a + b's
+      representation alone, so a representation that is a line (Liu's parallelograms) makes
+      the answer a function of it;
+    - ``one_hot`` (Prieto et al. 2025): ``[one_hot(a), one_hot(b)]`` concatenated (their
+      ``x.flatten(start_dim=1)`` over the dataset's one-hot pairs), so that the first layer
+      holds one weight column per operand and element.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if not cfg.operands or not cfg.operand_vocab:
+            raise ValueError("architecture mlp: the task has no operand positions to read")
+        if cfg.n_predict != 1:
+            raise ValueError("architecture mlp: predicts one answer per row (n_predict 1)")
+        self.cfg = cfg
+        self.register_buffer("operands", torch.tensor(cfg.operands), persistent=False)
+        self.tok_emb: nn.Embedding | None = None
+        if cfg.mlp_input == "embedding":
+            self.tok_emb = nn.Embedding(cfg.operand_vocab, cfg.d_model)
+            width = cfg.d_model
+        else:
+            width = len(cfg.operands) * cfg.operand_vocab
+        layers: list[nn.Module] = []
+        for _ in range(cfg.n_layers):
+            layers += [nn.Linear(width, cfg.d_mlp, bias=cfg.mlp_bias), _activation(cfg.activation)]
+            width = cfg.d_mlp
+        self.hidden = nn.Sequential(*layers)
+        self.head = nn.Linear(width, cfg.num_classes, bias=cfg.mlp_bias)
+        with torch.no_grad():
+            if cfg.init == "uniform_embeddings" and self.tok_emb is not None:
+                # Liu et al.'s ``(torch.rand(p, reprs_dim) - 1/2) * init_scale_reprs``: a
+                # representation far smaller than nn.Embedding's N(0, 1)
+                self.tok_emb.weight.uniform_(-0.5, 0.5)
+            if cfg.init_scale != 1.0:
+                for p in self.parameters():
+                    p.mul_(cfg.init_scale)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, T) -> logits (B, 1, classes), as the transformer gives them."""
+        ops = idx.index_select(1, self.operands)  # (B, operands): 'a' and 'b'
+        if self.tok_emb is not None:
+            x = self.tok_emb(ops).sum(dim=1)
+        else:
+            x = F.one_hot(ops, self.cfg.operand_vocab).flatten(1).to(self.head.weight.dtype)
+        return self.head(self.hidden(x)).unsqueeze(1)
+
+    def embeddings(self) -> list[nn.Parameter]:
+        return [] if self.tok_emb is None else [self.tok_emb.weight]
+
+    def operand_embedding(self) -> torch.Tensor:
+        """One row per element: the learned embedding, or (one-hot input) the first layer's
+        weight columns that read the first operand."""
+        if self.tok_emb is not None:
+            return self.tok_emb.weight
+        first = self.hidden[0] if len(self.hidden) else self.head
+        return first.weight[:, : self.cfg.operand_vocab].T
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        return _num_params(self, non_embedding)
+
+    def param_groups(
+        self, weight_decay: float, scope: DecayScope, embedding_lr: float | None = None
+    ) -> list[dict]:
+        return param_groups(self, weight_decay, scope, embedding_lr)
+
+
+Model = Transformer | MLP
+
+
+def build_model(cfg: ModelConfig) -> Model:
+    """The model ``cfg.architecture`` names."""
+    return MLP(cfg) if cfg.architecture == "mlp" else Transformer(cfg)
+
+
+def _num_params(model: Model, non_embedding: bool) -> int:
+    n = sum(p.numel() for p in model.parameters())
+    if non_embedding:
+        n -= sum(p.numel() for p in model.embeddings())
+    return n
+
+
+def param_groups(
+    model: Model, weight_decay: float, scope: DecayScope, embedding_lr: float | None = None
+) -> list[dict]:
+    """AdamW parameter groups: which tensors weight decay touches, by ``scope``, and the
+    embeddings' own learning rate. Each group says whether it is ``decayed`` (the Trainer
+    counts and removes the key); the first is the decayed group of the rest of the model, whose
+    lr the records show. Without ``embedding_lr`` there are two groups, as there always were
+    (a checkpoint's optimizer state keeps its layout)."""
+    embeddings = {id(p) for p in model.embeddings()}
+
+    def decayed(p: nn.Parameter) -> bool:
+        if scope == "all":
+            return True
+        if scope == "all_except_embeddings":
+            return id(p) not in embeddings
+        if p.dim() < 2:
+            return False
+        return scope == "matrices" or id(p) not in embeddings
+
+    def group(params: list[nn.Parameter], decay: bool, lr: float | None = None) -> dict:
+        out = {"params": params, "weight_decay": weight_decay if decay else 0.0, "decayed": decay}
+        return out if lr is None else {**out, "lr": lr}
+
+    params = list(model.parameters())
+    if embedding_lr is None:
         return [
-            {"params": [p for p in params if decayed(p)], "weight_decay": weight_decay},
-            {"params": [p for p in params if not decayed(p)], "weight_decay": 0.0},
+            group([p for p in params if decayed(p)], True),
+            group([p for p in params if not decayed(p)], False),
         ]
+    rest = [p for p in params if id(p) not in embeddings]
+    own = [p for p in params if id(p) in embeddings]
+    # Liu et al. train the representation with an optimizer of its own (lr eta_reprs): a group
+    # of its own is the same AdamW arithmetic, tensor by tensor
+    return [
+        group([p for p in rest if decayed(p)], True),
+        group([p for p in rest if not decayed(p)], False),
+        group([p for p in own if decayed(p)], True, embedding_lr),
+        group([p for p in own if not decayed(p)], False, embedding_lr),
+    ]
 
 
 def _distinct_rows(prefix: torch.Tensor, base: int) -> tuple[torch.Tensor, torch.Tensor]:

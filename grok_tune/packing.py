@@ -24,6 +24,14 @@ MAY_DIFFER = frozenset(
         "preset",  # a label: the settings it fills are compared one by one
     }
 )  # fmt: skip
+# settings the stacked population (grok_tune/population.py) does not implement: at any other
+# value than these, a run trains on its own
+POPULATION_UNKNOWN: dict[str, Any] = {
+    "warmup_from_zero": False,
+    "extra_classes": 0,
+    "block_norm": "pre",
+    "attn_init": "pytorch",
+}
 SHARED = tuple(name for name in TrainConfig.model_fields if name not in MAY_DIFFER)
 EFFECTIVE_BATCH = "effective batch size"
 
@@ -54,10 +62,35 @@ def population_key(cfg: TrainConfig) -> tuple[tuple[str, Any], ...]:
     )
 
 
+def check_stackable(cfgs: Sequence[TrainConfig]) -> None:
+    """ValueError where a configuration needs what the stacked population does not have:
+    it stacks the transformer under one lr per member (grok_tune/population.py)."""
+    for cfg in cfgs:
+        if cfg.architecture != "transformer":
+            raise ValueError(
+                f"members_per_trial > 1: populations stack the transformer only; architecture "
+                f"{cfg.architecture} trains one run per trial (members_per_trial: 1)"
+            )
+        unknown = [
+            name for name, default in POPULATION_UNKNOWN.items() if getattr(cfg, name) != default
+        ]
+        if unknown:
+            raise ValueError(
+                f"members_per_trial > 1: populations do not know {', '.join(unknown)}; "
+                "they need one run per trial (members_per_trial: 1)"
+            )
+        if cfg.embedding_lr is not None:
+            raise ValueError(
+                "members_per_trial > 1: populations train one lr per member; embedding_lr "
+                "needs one run per trial (members_per_trial: 1)"
+            )
+
+
 def check_population(cfgs: Sequence[TrainConfig]) -> None:
     """ValueError naming the first setting in which a member differs from member 0."""
     if not cfgs:
         raise ValueError("a population needs at least one member")
+    check_stackable(cfgs)
     first = population_key(cfgs[0])
     for i, cfg in enumerate(cfgs[1:], 1):
         for (name, a), (_, b) in zip(first, population_key(cfg), strict=True):
@@ -72,6 +105,8 @@ def check_population(cfgs: Sequence[TrainConfig]) -> None:
 def population_groups(cfgs: Sequence[TrainConfig], max_size: int | None = None) -> list[list[int]]:
     """Indices of ``cfgs`` grouped by ``population_key`` (in order of first appearance), each
     group cut into populations of at most ``max_size`` members."""
+    if max_size != 1:
+        check_stackable(cfgs)
     groups: dict[tuple, list[int]] = {}
     for i, cfg in enumerate(cfgs):
         groups.setdefault(population_key(cfg), []).append(i)

@@ -6,16 +6,9 @@ reported numbers; settings written beside it override it, and every record (tria
 TensorBoard) shows the resolved values and the preset's name. Where an anchor's code differs
 from its paper, the preset follows the code that produced the numbers, and says so below.
 
-Not here, and why:
-- Liu et al. 2022 ("Towards understanding grokking") and Omnigrok (2023) drew their
-  learning-rate x weight-decay phase diagrams with a toy decoder: learned embeddings of the
-  two operands summed and fed to an MLP, the embeddings on a learning rate of their own. This
-  project's model is a transformer; it would take an ``architecture: mlp`` model and an
-  ``embedding_lr`` setting. ``search_spaces/phase_lr_wd.yaml`` draws the diagram on the
-  transformer instead.
-- Prieto et al. 2025's main results use an MLP on one-hot operands (same remark); their
-  figure 6 uses a 1-layer transformer, which ``prieto2025`` approximates (post-norm there,
-  pre-norm here; the operands without '=' there).
+The anchors' own models: ``liu2022`` and ``prieto2025_mlp`` run on ``architecture: mlp``
+(grok_tune/model.py's ``MLP``), the models their claims were drawn on; ``prieto2025`` is their
+figure-6 transformer, approximated (pre-norm here, post-norm there).
 """
 
 from __future__ import annotations
@@ -104,9 +97,11 @@ PRESETS: dict[str, Preset] = {
         "progress-measures-paper (transformers.py: Config, Embed, Unembed, Attention, MLP, "
         "Trainer)",
         differences="batch_size 100000 is the whole training set (full batch); their "
-        "unembedding also scores '=' (114 classes, never the answer) and their warm-up starts "
-        "at lr 0 (min(step/10, 1)); their 'high precision' cross-entropy is float64 log-softmax "
-        "in the notebook, float32 here by default (loss_dtype: float64 to follow it)",
+        "unembedding also scores '=' (114 classes, never the answer: extra_classes 1) and their "
+        "warm-up starts at lr 0 (min(step/10, 1): warmup_from_zero); their 'high precision' "
+        "cross-entropy is float64 log-softmax in the notebook, float32 here by default "
+        "(loss_dtype: float64 to follow it); each is a variant of "
+        "search_spaces/ablate_nanda.yaml",
         reported={
             "memorization": "~1.4k steps",
             "circuit formation": "to ~9.4k steps",
@@ -151,7 +146,10 @@ PRESETS: dict[str, Preset] = {
         "(followed: op x*y); torch.optim.Adam, so weight decay is an L2 term (optimizer: "
         "adam); their baseline is grad_filter none with weight_decay 0, their EMA run "
         "grad_filter ema, grokfast_alpha 0.98, grokfast_lamb 2, weight_decay 0.005; "
-        "their attention is nn.MultiheadAttention (xavier init), here nn.Linear's default",
+        "their attention is nn.MultiheadAttention (attn_init: xavier), their blocks normalise "
+        "the stream before the attention (block_norm: stream), their head scores '=' and '∘' "
+        "too (extra_classes: 2), their warm-up starts at lr 0 (warmup_from_zero): each is a "
+        "variant of search_spaces/ablate_grokfast_ma.yaml",
         reported={
             "baseline (wd 0)": "95% validation at 39,890 steps",
             "MA (wd 0.01)": "790 steps",
@@ -190,12 +188,99 @@ PRESETS: dict[str, Preset] = {
         source="Prieto et al. 2025, 'Grokking at the edge of numerical stability', Figure 6; "
         "github.com/LucasPrietoAl/grokking-at-the-edge-of-numerical-stability "
         "(run_main_experiments.sh figure 6, utils.py get_model/get_optimizer, orthograd.py)",
-        differences="their transformer reads the two operands without '=' and is post-norm "
-        "(nn.TransformerEncoderLayer); this is the project's pre-norm transformer: not their "
-        "model. Their headline StableMax results are on an MLP (not available here)",
+        differences="their transformer reads the two operands without '=' and is "
+        "nn.TransformerEncoderLayer's default: post-norm (block_norm: post), MLP 2048, dropout "
+        "0.1; this preset keeps the project's pre-norm transformer of width 512 without "
+        "dropout (set those beside it to follow theirs). Their headline StableMax results are "
+        "on an MLP: preset prieto2025_mlp",
         reported={
             "⊥Grad, wd 0": "generalizes without weight decay and without delay",
             "AdamW, wd 0": "no generalization (Softmax Collapse)",
+        },
+    ),
+    "prieto2025_mlp": Preset(
+        settings={
+            "task": "table",
+            "op": "x+y",
+            "p": 113,
+            "frac": 0.4,
+            "operator_token": False,
+            "architecture": "mlp",
+            "mlp_input": "one_hot",
+            "n_layers": 2,
+            "d_mlp": 200,
+            "activation": "relu",
+            "mlp_bias": False,
+            "init": "pytorch",
+            "optimizer": "adamw",
+            "lr": 0.01,
+            "weight_decay": 0.0,
+            "beta1": 0.9,
+            "beta2": 0.99,
+            "adam_eps": 1e-25,
+            "warmup_steps": 0,
+            "batch_size": 100_000,
+            "steps": 80_000,
+            "threshold": 0.99,
+        },
+        source="Prieto et al. 2025, 'Grokking at the edge of numerical stability', Figure 1; "
+        "github.com/LucasPrietoAl/grokking-at-the-edge-of-numerical-stability (models.py MLP, "
+        "utils.py get_model/get_optimizer/parse_args: hidden_sizes [200, 200], bias=False, "
+        "AdamW betas (0.9, beta2), eps 1e-25; grokking_experiments.py full batch; "
+        "run_main_experiments.sh figure 1)",
+        differences="the split is grok_tune's hash of (seed, a, b), theirs torch's random_split "
+        "with seed 42; their Figure 1 StableMax run uses beta2 0.999 (set it beside the preset), "
+        "the ⊥Grad run beta2 0.99 for 300 epochs, plain float64 cross-entropy 80k epochs; "
+        "one epoch is one step here too (full batch)",
+        reported={
+            "StableMax, wd 0": "generalizes without weight decay (Figure 1, 80k epochs)",
+            "⊥Grad, wd 0": "generalizes within 300 epochs (Figure 1)",
+            "cross-entropy, wd 0": "no generalization: Softmax Collapse stops learning",
+        },
+    ),
+    "liu2022": Preset(
+        settings={
+            "task": "table",
+            "op": "x+y_int",
+            "p": 10,
+            "frac": 0.8,
+            "operator_token": False,
+            "architecture": "mlp",
+            "mlp_input": "embedding",
+            "d_model": 1,
+            "n_layers": 2,
+            "d_mlp": 200,
+            "activation": "tanh",
+            "mlp_bias": True,
+            "init": "uniform_embeddings",
+            "optimizer": "adamw",
+            "lr": 1e-3,
+            "embedding_lr": 1e-3,
+            "weight_decay": 0.0,
+            "decay_scope": "all_except_embeddings",
+            "beta1": 0.9,
+            "beta2": 0.999,
+            "adam_eps": 1e-8,
+            "warmup_steps": 0,
+            "batch_size": 100_000,
+            "steps": 10_000,
+            "eval_every": 50,
+            "threshold": 0.9,
+        },
+        source="Liu et al. 2022, 'Towards understanding grokking: an effective theory of "
+        "representation learning', the toy model's phase diagrams (decoder lr x decoder weight "
+        "decay, cross-entropy); github.com/ejmichaud/grokking-squared (toy/train_add.py DEC, "
+        "NET, train_add; toy/produce_figure_data.py train_many_fig5c: eta_dec 1e-5..1e-2, "
+        "weight_decay_dec 0..10, 1e4 steps, seed 1)",
+        differences="their task, integer addition a + b of p = 10 symbols with 19 answer "
+        "classes (op x+y_int), uses the 55 unordered pairs a <= b, 45 of them for training; "
+        "here the 100 ordered pairs, 80% for training, so that a held-out pair's mirror b + a "
+        "is often in training (the summed embeddings answer it for free); their accuracy is "
+        "measured every step, here every eval_every steps",
+        reported={
+            "phase diagram": "memorization at low weight decay, comprehension at moderate weight "
+            "decay, confusion at large weight decay (and the largest lr), grokking in a band "
+            "between memorization and comprehension",
         },
     ),
 }

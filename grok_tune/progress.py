@@ -174,10 +174,20 @@ def grid_cross_entropy(
     return float(F.cross_entropy(flat, y))
 
 
+def operand_embedding(model: nn.Module) -> torch.Tensor:
+    """One row per element token: the model's ``operand_embedding()`` (the MLP with one-hot
+    input has no table of its own), or a plain module's ``tok_emb``."""
+    if hasattr(model, "operand_embedding"):
+        return model.operand_embedding()
+    return model.tok_emb.weight
+
+
 def neuron_logit_map(model: nn.Module) -> torch.Tensor | None:
     """W_L = W_U W_out, (classes, d_mlp): the map from the last block's MLP neurons to the
     logits (paper §4.2), or None for a model whose last block has no MLP. With a final
     LayerNorm (not Nanda's model) it leaves out the norm's scaling."""
+    if not hasattr(model, "blocks"):  # the MLP (architecture: mlp): its head reads the neurons
+        return model.head.weight.detach()
     block = model.blocks[-1]
     if block.mlp is None:
         return None
@@ -195,7 +205,7 @@ def measures(
     over all p² rows (in chunks), dropout off."""
     import torch
 
-    embedding = model.tok_emb.weight[:p].detach()
+    embedding = operand_embedding(model)[:p].detach()
     w_l = neuron_logit_map(model)
     out: dict[str, float | None] = {
         m.GINI_EMBEDDING: gini(fourier_norms(embedding).cpu()),

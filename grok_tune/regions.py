@@ -124,6 +124,19 @@ class RegionRule:
 DEFAULT_RULE = RegionRule()
 
 
+def trials_rule(trials: pd.DataFrame, rule: RegionRule = DEFAULT_RULE) -> RegionRule:
+    """``rule`` at the trials' own accuracy threshold where they all ran at one (a preset's
+    0.9 or 0.95): a study is read at the accuracy it ran for, and its recorded events stand
+    (re-deriving them at 0.99 would relabel a 0.9 study's learners as never learning)."""
+    import dataclasses
+
+    recorded = trials.get("threshold")
+    values = set() if recorded is None else set(recorded.dropna().astype(float))
+    if len(values) != 1:
+        return rule
+    return dataclasses.replace(rule, threshold=values.pop())
+
+
 def _missing(x: object) -> bool:
     return x is None or (isinstance(x, float) and np.isnan(x)) or x is pd.NA
 

@@ -34,7 +34,13 @@ from grok_tune.config import MEMBERS, PACK, TrainConfig, flat_settings
 from grok_tune.events import DEFAULT_PHASE_RULE, PhaseRule, phase_outcome, run_phase_changes
 from grok_tune.naming import differing_settings, member_dir
 from grok_tune.progress import nanda_phases
-from grok_tune.regions import DEFAULT_RULE, REGION, REGION_RULE, RegionRule, classify_trials
+from grok_tune.regions import (
+    REGION,
+    REGION_RULE,
+    RegionRule,
+    classify_trials,
+    trials_rule,
+)
 from grok_tune.study_files import CURVES_FILE, PHASES_FILE, TRIAL_ID, TRIALS_FILE
 from grok_tune.tasks import INFINITE
 
@@ -293,7 +299,7 @@ def pending_rows(planned: list[dict[str, Any]], rows: list[dict[str, Any]]) -> l
 
 def tables(
     results: Any,
-    rule: RegionRule = DEFAULT_RULE,
+    rule: RegionRule | None = None,
     phase_rule: PhaseRule = DEFAULT_PHASE_RULE,
     packs: list[list[dict[str, Any]]] | None = None,
     planned: list[dict[str, Any]] | None = None,
@@ -301,7 +307,8 @@ def tables(
     """(trials, curves, phases) Arrow tables from a ray.tune ResultGrid (or a list of Results);
     ``packs``: a packed study's populations, whose members become one row each; ``planned``:
     every configuration the study runs (grid, random), so that those no trial ran yet are rows
-    too (status 'pending')."""
+    too (status 'pending'); ``rule``: by default the default rule at the trials' own
+    threshold (``trials_rule``)."""
     rows, curve_frames = [], []
     keys = differing_settings(c for p in packs or [] for c in p)
     for result in results:
@@ -326,6 +333,7 @@ def tables(
     for name in HEADLINE_COLUMNS:
         trials[name] = [headline.get(t, {}).get(name) for t in trials[TRIAL_ID]]
     trials[PHASE_RULE] = phase_rule.describe()
+    rule = trials_rule(trials) if rule is None else rule
     trials = classify_trials(trials, curves, rule).sort_values(TRIAL_ID, ignore_index=True)
     trials_schema, curves_schema = _schema(TRIALS_BASE, trials), _schema(CURVES_BASE, curves)
     return (
@@ -359,7 +367,7 @@ def write_atomic(table: pa.Table, uri: str) -> None:
 def write_results(
     results: Any,
     study_uri: str,
-    rule: RegionRule = DEFAULT_RULE,
+    rule: RegionRule | None = None,
     packs: list[list[dict[str, Any]]] | None = None,
     planned: list[dict[str, Any]] | None = None,
 ) -> dict[str, str]:

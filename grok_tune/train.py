@@ -34,7 +34,7 @@ from grok_tune import remedies
 from grok_tune.cli import Parser
 from grok_tune.config import INFINITE_BATCH, TrainConfig
 from grok_tune.events import RunEvents, StoppingRule, phase_outcome, run_phase_changes
-from grok_tune.model import ModelConfig, Transformer
+from grok_tune.model import ModelConfig, build_model
 from grok_tune.progress import nanda_phases
 from grok_tune.tasks import IGNORE, Layout, Split, make_task
 
@@ -47,10 +47,13 @@ def model_config(cfg: TrainConfig, layout: Layout) -> ModelConfig:
     """The model for a run: the task's layout plus the run's model settings (same names)."""
     from_task = {
         "vocab_size": layout.vocab_size,
-        "num_classes": layout.num_classes,
+        # extra outputs that no target names (Nanda et al.'s unembedding scores '=' too)
+        "num_classes": layout.num_classes + cfg.extra_classes,
         "n_positions": layout.n_positions,
         "n_predict": layout.n_predict,
         "shared_prefix": layout.shared_prefix,
+        "operands": layout.operands,
+        "operand_vocab": layout.operand_vocab,
     }
     knobs = {
         f.name: getattr(cfg, f.name)
@@ -94,10 +97,12 @@ class Trainer:
         else:
             self.batch_size = min(cfg.batch_size or min(512, n_train // 2), n_train) or 1
         torch.manual_seed(cfg.seed)  # initialisation and dropout; batches have their own stream
-        self.model = Transformer(model_config(cfg, self.layout)).to(self.device)
+        self.model = build_model(model_config(cfg, self.layout)).to(self.device)
         self.params = list(self.model.parameters())
-        groups = self.model.param_groups(cfg.weight_decay, cfg.decay_scope)
-        self.decayed_params = sum(p.numel() for p in groups[0]["params"])
+        groups = self.model.param_groups(cfg.weight_decay, cfg.decay_scope, cfg.embedding_lr)
+        self.decayed_params = sum(
+            p.numel() for g in groups if g.pop("decayed") for p in g["params"]
+        )
         # adam: weight decay as an L2 term in the gradient (torch.optim.Adam), where AdamW
         # shrinks the weights apart from Adam's normalisation
         optimizer = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
@@ -117,6 +122,8 @@ class Trainer:
         self.grad_hooks: list[ParamsHook] = []
         self.step_hooks: list[ParamsHook] = []
         self._install_remedies()
+        # each group's own lr (the embeddings' may differ): what warm-up scales
+        self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
 
     def _install_remedies(self) -> None:
         """The remedies the settings ask for, at the loop's seams (grok_tune/remedies.py)."""
@@ -170,11 +177,12 @@ class Trainer:
             until = min(self.step + cfg.eval_every - self.step % cfg.eval_every, cfg.steps)
             while self.step < until:
                 if self.step < cfg.warmup_steps:
-                    for group in opt.param_groups:
-                        group["lr"] = cfg.lr * (self.step + 1) / cfg.warmup_steps
+                    done = self.step + (not cfg.warmup_from_zero)
+                    for group, lr in zip(opt.param_groups, self.base_lrs, strict=True):
+                        group["lr"] = lr * done / cfg.warmup_steps
                 elif self.step == cfg.warmup_steps:
-                    for group in opt.param_groups:
-                        group["lr"] = cfg.lr
+                    for group, lr in zip(opt.param_groups, self.base_lrs, strict=True):
+                        group["lr"] = lr
                 batch = self._batch()
                 loss = self.loss_fn(model(batch.x), batch.y)
                 opt.zero_grad(set_to_none=True)

@@ -592,3 +592,13 @@ def test_a_sampled_axis_beside_the_fraction_takes_no_majority(tmp_path):
     text = summary.summarize(load_study(write_study(tmp_path / "s", rows, spec)))
     assert "no 'grok'/'generalize' at any fraction" not in text
     assert "the fraction varies together with weight_decay (sampled)" in text
+
+
+def test_a_study_is_read_at_its_trials_own_threshold():
+    # a preset's 0.9 (liu2022): its learners must not be relabelled at the default 0.99
+    from grok_tune.regions import trials_rule
+
+    trials = pd.DataFrame({"threshold": [0.9, 0.9, None]})
+    assert trials_rule(trials).threshold == 0.9
+    assert trials_rule(pd.DataFrame({"threshold": [0.9, 0.99]})).threshold == 0.99
+    assert trials_rule(pd.DataFrame({"seed": [0]})).threshold == 0.99

@@ -161,6 +161,15 @@ def test_bad_input(args, message):
         split_mask(*args, seed=0)
 
 
+def test_integer_addition_has_every_sum_as_a_class():
+    # Liu et al.'s toy task: a + b without a modulus, 2p - 1 answers
+    t = table("x+y_int", 10)
+    assert len(t) == 100 and all(c == a + b for (a, b), c in t.items())
+    task = make_task("x+y_int", 10, 0.8, 0)
+    assert task.layout.num_classes == 19 and task.layout.vocab_size == 12
+    assert int(task.training.y.max()) <= 18
+
+
 def test_non_prime_modulus_is_fine_without_inverses():
     assert len(table("x+y", 8)) == 64
 

@@ -27,13 +27,26 @@ def reference_forward(model: Transformer, idx: torch.Tensor) -> torch.Tensor:
     """The obvious computation: every layer on every position, causal mask, then the last
     n_predict positions."""
     x = model.tok_emb(idx) + model.pos_emb.weight[: idx.shape[1]]
+    norm = model.cfg.block_norm
     for block in model.blocks:
         B, T, C = x.shape
-        h = block.ln1(x)
-        q, k, v = block.attn.qkv(h).split(C, dim=2)
-        q, k, v = (t.view(B, T, block.attn.n_heads, -1).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        x = x + block.attn.proj(y.transpose(1, 2).reshape(B, T, C))
+
+        def attention(h: torch.Tensor, block=block, B=B, T=T, C=C) -> torch.Tensor:
+            q, k, v = block.attn.qkv(h).split(C, dim=2)
+            q, k, v = (t.view(B, T, block.attn.n_heads, -1).transpose(1, 2) for t in (q, k, v))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return block.attn.proj(y.transpose(1, 2).reshape(B, T, C))
+
+        if norm == "post":  # nn.TransformerEncoderLayer(norm_first=False)
+            x = block.ln1(x + attention(x))
+            if block.mlp is not None:
+                x = block.ln2(x + block.mlp(x))
+            continue
+        if norm == "stream":  # Grokfast: x = ln_1(x); x = x + attn(x)
+            x = block.ln1(x)
+            x = x + attention(x)
+        else:
+            x = x + attention(block.ln1(x))
         if block.mlp is not None:
             x = x + block.mlp(block.ln2(x))
     return model.head(model.ln_f(x))[:, -model.cfg.n_predict :]
@@ -47,7 +60,8 @@ LAYOUTS = [(4, 1, 2, 512), (3, 1, 1, 512), (8, 3, 0, 64), (9, 9, 0, 0), (6, 3, 2
 @pytest.mark.parametrize("layout", LAYOUTS, ids=["table", "a b =", "digits", "all", "prefix+3"])
 @pytest.mark.parametrize("shared_prefix", [True, False])
 @pytest.mark.parametrize("n_layers", [1, 2, 3])
-def test_shortcuts_are_exact(n_layers, shared_prefix, layout):
+@pytest.mark.parametrize("block_norm", ["pre", "post", "stream"])
+def test_shortcuts_are_exact(block_norm, n_layers, shared_prefix, layout):
     n_positions, n_predict, prefix, d_mlp = layout
     torch.manual_seed(0)
     cfg = ModelConfig(
@@ -58,8 +72,11 @@ def test_shortcuts_are_exact(n_layers, shared_prefix, layout):
         shared_prefix=prefix if shared_prefix else 0,
         n_layers=n_layers,
         d_mlp=d_mlp,
+        block_norm=block_norm,
     )
     model = Transformer(cfg)
+    if block_norm == "post":
+        assert isinstance(model.ln_f, torch.nn.Identity)  # nn.TransformerEncoder: no final norm
     # few distinct prefixes, as in a table: rows share them
     idx = torch.randint(0, 13, (64, n_positions))
     idx[:, :2] = torch.randint(0, 3, (64, 2))
@@ -135,3 +152,20 @@ def test_init_scale_multiplies_weights():
     torch.manual_seed(0)
     b = Transformer(ModelConfig(vocab_size=9, num_classes=7, init_scale=3.0))
     torch.testing.assert_close(b.head.weight, 3 * a.head.weight)
+
+
+def test_xavier_attention_is_multihead_attentions_init():
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=13, num_classes=11, attn_init="xavier"))
+    torch.manual_seed(0)
+    plain = Transformer(ModelConfig(vocab_size=13, num_classes=11))
+    mha = torch.nn.MultiheadAttention(128, 4)
+    for block, other in zip(model.blocks, plain.blocks, strict=True):
+        w = block.attn.qkv.weight
+        bound = (6 / (128 + 3 * 128)) ** 0.5  # Xavier over the (3d, d) in_proj as one matrix
+        assert w.shape == mha.in_proj_weight.shape and w.abs().max() <= bound
+        assert w.abs().max() > 0.9 * bound
+        assert not block.attn.qkv.bias.any() and not block.attn.proj.bias.any()
+        assert not mha.in_proj_bias.any() and not mha.out_proj.bias.any()
+        # what MultiheadAttention leaves at nn.Linear's default is left alone
+        torch.testing.assert_close(block.mlp[0].weight.std(), other.mlp[0].weight.std())

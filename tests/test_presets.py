@@ -18,12 +18,16 @@ def test_every_preset_resolves_validates_and_runs(name):
     preset = PRESETS[name]
     cfg = TrainConfig(preset=name, steps=20, eval_every=10)
     for key, value in preset.settings.items():
-        if key not in ("steps",):
+        if key not in ("steps", "eval_every"):
             assert getattr(cfg, key) == value, key
     assert preset.source and preset.reported
     trainer = Trainer(cfg)
     final = trainer.run()
     assert final[m.STEP] == 20 and final[m.STATUS] != m.Status.DIVERGED
+    if cfg.architecture == "mlp":  # the anchors' own MLP, its biases as theirs
+        assert type(trainer.model).__name__ == "MLP"
+        assert (trainer.model.head.bias is not None) == cfg.mlp_bias
+        return
     if not cfg.attn_bias:
         assert trainer.model.blocks[0].attn.qkv.bias is None
     if not cfg.head_bias:

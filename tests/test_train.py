@@ -168,3 +168,23 @@ def test_cli_bad_values(tmp_path, capsys, args, message):
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # nothing written for a bad command
+
+
+def test_warmup_from_zero_is_nandas_schedule():
+    # Nanda et al.'s LambdaLR(min(step / 10, 1)): lr 0 at step 0, lr at step 10
+    seen = []
+    for from_zero in (True, False):
+        cfg = TrainConfig(**{**TINY, "warmup_from_zero": from_zero, "steps": 3, "eval_every": 1})
+        trainer = Trainer(cfg)
+        trainer.run(lambda record, t, z=from_zero: seen.append((z, record[m.STEP], record[m.LR])))
+    lrs = {(z, s): lr for z, s, lr in seen if s > 0}
+    assert lrs[(True, 1)] == 0.0 and lrs[(True, 3)] == pytest.approx(5e-3 * 2 / 10)
+    assert lrs[(False, 1)] == pytest.approx(5e-3 / 10)
+
+
+def test_extra_classes_widen_the_head_and_are_never_a_target():
+    trainer = Trainer(TrainConfig(**{**TINY, "extra_classes": 1, "steps": 50}))
+    assert trainer.model.head.out_features == 32 and trainer.layout.num_classes == 31
+    assert int(trainer.train_data.y.max()) < 31
+    final = trainer.run()
+    assert final[m.STEP] == 50

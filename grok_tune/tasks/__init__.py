@@ -51,6 +51,11 @@ class Layout:
     # accuracy counts a row as right only when every predicted position is (an answer of
     # several digits); otherwise each predicted position counts on its own (tokens)
     exact_match: bool = True
+    # the positions of the operands, for a model that reads them alone (the MLP of
+    # architecture: mlp), and how many tokens an operand may be (ids 0 .. operand_vocab - 1);
+    # () and 0 where the task has no fixed operands (the MLP refuses such a task)
+    operands: tuple[int, ...] = ()
+    operand_vocab: int = 0
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,12 @@ _ZP_OPS: dict[str, tuple[Callable[[int, int, int], int | None], bool]] = {
     "x^2+xy+y^2+x": (lambda x, y, p: (x * x + x * y + y * y + x) % p, False),
     "x^3+xy": (lambda x, y, p: (x**3 + x * y) % p, False),
     "x^3+xy^2+y": (lambda x, y, p: (x**3 + x * y * y + y) % p, False),
+    # not modular: a + b over 0..p-1, answers 0..2p-2 (Liu et al.'s toy task, 2p - 1 classes)
+    "x+y_int": (lambda x, y, p: x + y, False),
 }
+
+# operations whose answers are not elements: their number of answer classes
+_CLASSES: dict[str, Callable[[int], int]] = {"x+y_int": lambda p: 2 * p - 1}
 
 # operations whose table leaves out y = 0
 _NO_ZERO_Y = ("x/y", "x*y")
@@ -104,6 +109,11 @@ def check_operation(op: str, p: int) -> None:
 def num_elements(op: str, p: int) -> int:
     """Number of element tokens (and of answer classes)."""
     return len(S5_ELEMENTS) if is_s5(op) else p
+
+
+def num_classes(op: str, p: int) -> int:
+    """Number of answer classes: the elements, or (integer addition) every possible sum."""
+    return _CLASSES[op](p) if op in _CLASSES else num_elements(op, p)
 
 
 def table_size(op: str, p: int) -> int:
@@ -193,11 +203,14 @@ class TableTask(Task):
         with_op = self.cfg.operator_token
         return Layout(
             vocab_size=n + 1 + with_op,
-            num_classes=n,
+            num_classes=num_classes(self.cfg.op, self.cfg.p),
             n_positions=3 + with_op,
             n_predict=1,
             # 'a ∘' (or 'a' alone) depends on a only: at most n distinct prefixes a batch
             shared_prefix=1 + with_op,
+            # 'a ∘ b =' or 'a b =': a first, b after the operator when there is one
+            operands=(0, 1 + with_op),
+            operand_vocab=n,
         )
 
     @cached_property
@@ -253,16 +266,16 @@ class TableTask(Task):
 
     def measures(self, model: nn.Module) -> dict[str, float | None]:
         from grok_tune import metrics as m
-        from grok_tune.progress import measures
+        from grok_tune.progress import measures, operand_embedding
 
         if is_s5(self.cfg.op):
             return {}
-        embedding = model.tok_emb.weight[: self.layout.num_classes]
+        embedding = operand_embedding(model)[: num_elements(self.cfg.op, self.cfg.p)]
         out: dict[str, float | None] = {m.FOURIER_SPARSITY: m.fourier_sparsity(embedding)}
         grid = self._grid
         if grid is None:  # not additive (or too large): recorded as None, never absent
             return out | dict.fromkeys(m.NANDA_MEASURES)
-        device = model.tok_emb.weight.device
+        device = embedding.device
         if grid[0].device != device:  # moved once, with the model
             grid = self.__dict__["_grid"] = tuple(t.to(device) for t in grid)
         return out | measures(model, *grid, self.cfg.p)
