@@ -326,18 +326,21 @@ def test_a_study_with_a_failed_trial_exits_1_and_records_it(tmp_path, capsys):
     import json
     import threading
 
-    spec = {
-        **SLOW,
-        "name": "failing",
-        "max_failures": 0,
-        "params": {**SLOW["params"], "steps": 400},
-    }
+    # the trials train for seconds (3,000 steps, no early stop): the kill lands mid-trial
+    params = {**SLOW["params"], "steps": 3000, "stop_after_generalized": None}
+    spec = {**SLOW, "name": "failing", "max_failures": 0, "params": params}
+
+    def training() -> Path | None:
+        for result in (tmp_path / "failing").glob("*/result.json"):
+            lines = result.read_text().splitlines()
+            if lines and not json.loads(lines[-1]).get("done"):
+                return result
+        return None
 
     def kill_first_trial() -> None:
-        study = tmp_path / "failing"
-        wait_for(lambda: any(p.stat().st_size for p in study.glob("*/result.json")))
-        result = next(p for p in study.glob("*/result.json") if p.stat().st_size)
-        os.kill(json.loads(result.read_text().splitlines()[0])["pid"], signal.SIGKILL)
+        found: list[Path] = []
+        wait_for(lambda: bool(found.append(training()) or found[-1]))
+        os.kill(json.loads(found[-1].read_text().splitlines()[0])["pid"], signal.SIGKILL)
 
     killer = threading.Thread(target=kill_first_trial)
     killer.start()
