@@ -298,9 +298,9 @@ class TrainConfig(BaseModel):
         shows the value a run used."""
         if not isinstance(data, dict):
             return data
-        if data.get("preset") in PRESETS:  # the preset first: what is given beside it wins
-            given = {k: v for k, v in data.items() if v is not None}
-            data = {**preset_settings(data["preset"]), **given}
+        if data.get("preset") in PRESETS:  # the preset first: what is given beside it wins,
+            # an explicit null too (stop_after_generalized: null runs the whole budget)
+            data = {**preset_settings(data["preset"]), **data}
         name = data.get("task", "table")
         if name not in TASK_NAMES:
             return data  # the field's own check names it

@@ -68,3 +68,12 @@ def test_a_study_records_the_preset_and_its_resolved_values(tmp_path, ray_sessio
     assert (trials["init"] == "width_scaled").all() and (trials["p"] == 23).all()
     assert (~trials["operator_token"]).all() and (trials["batch_size"] == 100_000).all()
     assert (trials["effective_batch_size"] == round(0.3 * 23 * 23)).all()  # full batch
+
+
+def test_an_explicit_null_beside_a_preset_wins():
+    """`stop_after_generalized: null` (or --stop-after-generalized none) with a preset runs the
+    whole budget: a setting given beside the preset wins, null included."""
+    from grok_tune.config import TrainConfig
+
+    assert TrainConfig(preset="nanda2023").stop_after_generalized == 3
+    assert TrainConfig(preset="nanda2023", stop_after_generalized=None).stop_after_generalized is None
