@@ -76,4 +76,5 @@ def test_an_explicit_null_beside_a_preset_wins():
     from grok_tune.config import TrainConfig
 
     assert TrainConfig(preset="nanda2023").stop_after_generalized == 3
-    assert TrainConfig(preset="nanda2023", stop_after_generalized=None).stop_after_generalized is None
+    whole_budget = TrainConfig(preset="nanda2023", stop_after_generalized=None)
+    assert whole_budget.stop_after_generalized is None
