@@ -30,7 +30,7 @@ SLOW = {
     "mode": "grid",
     "max_concurrent": 1,
     "checkpoint_every": 100,
-    "params": {**TINY_PARAMS, "steps": 1500, "frac": 0.5, "seed": {"grid": [0, 1, 2]}},
+    "params": {**TINY_PARAMS, "steps": 900, "frac": 0.5, "seed": {"grid": [0, 1, 2]}},
 }
 
 
@@ -76,9 +76,10 @@ def test_interrupted_before_any_report_every_trial_is_a_row(tmp_path, ray_sessio
     assert sorted(trials["seed"]) == [0, 1, 2]
     assert set(trials[m.STATUS]) <= {"running", "pending"} and "pending" in set(trials[m.STATUS])
     assert trials["region"].isna().all() and (trials["p"] == 23).all()
-    # and it resumes to its end
-    assert search.main(["--resume", "--name", "slow", "--storage", str(tmp_path / "store")]) == 0
-    assert (read_trials(str(study))[m.STATUS] == "censored").all()
+    if sig == signal.SIGINT:  # and it resumes to its end (once is enough for both signals)
+        resume = ["--resume", "--name", "slow", "--storage", str(tmp_path / "store")]
+        assert search.main(resume) == 0
+        assert (read_trials(str(study))[m.STATUS] == "censored").all()
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +183,7 @@ BURSTY = {
         "frac": {"grid": [0.5, 0.7]}, "weight_decay": {"grid": [0.3, 1.0]},
     },
 }  # fmt: skip
-KILLS = int(os.environ.get("GROK_TUNE_KILLS", "3"))  # 20 by hand (README): about 8 minutes
+KILLS = int(os.environ.get("GROK_TUNE_KILLS", "2"))  # 20 by hand (README): 10-25 minutes
 KEYS = ["frac", "weight_decay"]
 
 
