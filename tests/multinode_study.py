@@ -23,14 +23,21 @@ def trial_with_checkpoint_on(node_id: str, study: Path) -> bool:
     for trial_dir in study.glob("t[0-9]*"):  # grok_tune/naming.py
         result = trial_dir / "result.json"
         if list(trial_dir.glob("checkpoint_*")) and result.exists():
-            lines = result.read_text().splitlines()
-            if (
-                lines
-                and json.loads(lines[-1]).get("node_id") == node_id
-                and not json.loads(lines[-1]).get("done_training")
-            ):
+            last = _last_record(result.read_text())
+            if last and last.get("node_id") == node_id and not last.get("done_training"):
                 return True
     return False
+
+
+def _last_record(text: str) -> dict | None:
+    """The last whole line of a result.json that Tune may be writing: a half-flushed last
+    line would raise in the watcher's thread, and the worker would never be killed."""
+    for line in reversed(text.splitlines()):
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError:
+            continue
+    return None
 
 
 def main() -> None:
@@ -55,7 +62,7 @@ def main() -> None:
                     cluster.remove_node(worker, allow_graceful=False)
                     killed.set()
                     return
-                time.sleep(0.2)
+                time.sleep(0.05)
 
         if args.kill_worker:
             threading.Thread(target=kill_when_busy, daemon=True).start()

@@ -5,6 +5,7 @@ always shuts it down, so these tests never touch the suite's shared local Ray.
 """
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,7 @@ SPEC = {
     "max_failures": 2,
     "params": {
         **TINY_PARAMS,
-        "steps": 1000,
+        "steps": 2000,
         "stop_after_generalized": None,  # long enough trials to be caught mid-run
         "frac": {"grid": [0.5, 0.7]},
         "weight_decay": {"grid": [0.3, 1.0]},
@@ -41,9 +42,12 @@ def run_study(tmp_path: Path, *extra: str) -> tuple[dict, pd.DataFrame]:
     space = tmp_path / "multinode.yaml"
     space.write_text(yaml.safe_dump(SPEC))
     storage = tmp_path / "shared_storage"
+    # Tune copies a trial's result.json into the storage with its saved state: every second
+    # here (its default is 10 s or more), so that the killer sees a running trial's progress
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), str(space), str(storage), *extra],
         capture_output=True, text=True, timeout=400,
+        env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -315,9 +315,11 @@ def test_analysis_of_an_interrupted_study_draws_what_it_can(interrupted, tmp_pat
     out = capsys.readouterr().out
     assert "Traceback" not in out and f"study slow: {study}" in out
     summary = (study / "summary.txt").read_text()
-    # the trials that never ran are counted, not drawn; what cannot be drawn is said, once
+    # the trials that never ran are counted, not drawn; a figure that cannot be drawn yet (the
+    # accuracy curves, before any trial finished) is said, in the summary and on the terminal
     assert "pending 2 (no final region)" in summary and "pending_0" not in summary
-    assert "skipped curves: " in summary and "skipped curves: " in out
+    drawn = (study / "figures" / "curves.png").exists()
+    assert drawn or ("skipped curves: " in summary and "skipped curves: " in out)
     assert (study / "figures").is_dir()
 
 
@@ -333,8 +335,11 @@ def test_a_study_with_a_failed_trial_exits_1_and_records_it(tmp_path, capsys):
 
     def training() -> Path | None:
         for result in (tmp_path / "failing").glob("*/result.json"):
-            lines = result.read_text().splitlines()
-            if lines and not json.loads(lines[-1]).get("done"):
+            try:  # Tune may be halfway through writing the last line
+                last = json.loads(result.read_text().splitlines()[-1])
+            except (IndexError, json.JSONDecodeError):
+                continue
+            if not last.get("done"):
                 return result
         return None
 
