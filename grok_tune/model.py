@@ -181,7 +181,19 @@ class Block(nn.Module):
         return x, kv
 
 
-class Transformer(nn.Module):
+class _Parameters:
+    """What the Trainer asks of either model about its parameters (the rules: below)."""
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        return _num_params(self, non_embedding)
+
+    def param_groups(
+        self, weight_decay: float, scope: DecayScope, embedding_lr: float | None = None
+    ) -> list[dict]:
+        return param_groups(self, weight_decay, scope, embedding_lr)
+
+
+class Transformer(_Parameters, nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -261,16 +273,8 @@ class Transformer(nn.Module):
         """One row per token: what the Fourier measures read (grok_tune/progress.py)."""
         return self.tok_emb.weight
 
-    def num_params(self, non_embedding: bool = False) -> int:
-        return _num_params(self, non_embedding)
 
-    def param_groups(
-        self, weight_decay: float, scope: DecayScope, embedding_lr: float | None = None
-    ) -> list[dict]:
-        return param_groups(self, weight_decay, scope, embedding_lr)
-
-
-class MLP(nn.Module):
+class MLP(_Parameters, nn.Module):
     """The anchors' MLP over a table's two operands (``architecture: mlp``).
 
     operands -> input -> n_layers x (Linear(., d_mlp) -> activation) -> Linear(d_mlp, classes)
@@ -334,14 +338,6 @@ class MLP(nn.Module):
             return self.tok_emb.weight
         first = self.hidden[0] if len(self.hidden) else self.head
         return first.weight[:, : self.cfg.operand_vocab].T
-
-    def num_params(self, non_embedding: bool = False) -> int:
-        return _num_params(self, non_embedding)
-
-    def param_groups(
-        self, weight_decay: float, scope: DecayScope, embedding_lr: float | None = None
-    ) -> list[dict]:
-        return param_groups(self, weight_decay, scope, embedding_lr)
 
 
 Model = Transformer | MLP
