@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import signal
 import time
@@ -315,9 +316,13 @@ def test_analysis_of_an_interrupted_study_draws_what_it_can(interrupted, tmp_pat
     out = capsys.readouterr().out
     assert "Traceback" not in out and f"study slow: {study}" in out
     summary = (study / "summary.txt").read_text()
-    # the trials that never ran are counted, not drawn; a figure that cannot be drawn yet (the
-    # accuracy curves, before any trial finished) is said, in the summary and on the terminal
-    assert "pending 2 (no final region)" in summary and "pending_0" not in summary
+    # the trials that never ran are counted, not drawn (how many: however far the study got
+    # before Ctrl-C on this machine); a figure that cannot be drawn yet (the accuracy curves,
+    # before any trial finished) is said, in the summary and on the terminal
+    trials = read_trials(str(study))
+    pending = int((trials[m.STATUS] == "pending").sum())
+    said = re.findall(r"pending (\d+) \(no final region\)", summary)
+    assert said == ([str(pending)] if pending else []) and "pending_0" not in summary
     drawn = (study / "figures" / "curves.png").exists()
     assert drawn or ("skipped curves: " in summary and "skipped curves: " in out)
     assert (study / "figures").is_dir()
