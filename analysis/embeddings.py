@@ -43,6 +43,7 @@ from analysis.common import (
     save,
 )
 from grok_tune import metrics as m
+from grok_tune.results import MEMBER
 from grok_tune.study_files import STATE_FILE, TRIAL_ID
 from grok_tune.tasks.tables import S5_ELEMENTS, Perm, compose, is_s5
 
@@ -186,13 +187,16 @@ def default_trial(study: Study) -> str:
     return str(ranked[TRIAL_ID].iloc[0])
 
 
-def load_head(path: Path) -> tuple[np.ndarray, dict, int]:
-    """(head.weight as an array, the run's config, the checkpoint's step)."""
+def load_head(path: Path, member: int = 0) -> tuple[np.ndarray, dict, int]:
+    """(head.weight as an array, the run's config, the checkpoint's step) of the checkpoint's
+    member ``member`` (a packed trial's checkpoint holds its whole population)."""
     import torch  # only here: the rest of analysis/ reads Parquet
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        return state["model"][HEAD].float().numpy(), state["config"], int(state["step"])
+        # a population's checkpoint (grok_tune/population.py): each member's model weights
+        head = state["models"][member][HEAD]
+        return head.float().numpy(), state["configs"][member], int(state["step"])
     except Exception:  # torch raises many kinds for a file that is not ours
         raise AnalysisError(f"{path}: not a grok_tune checkpoint (it cannot be read)") from None
 
@@ -258,7 +262,8 @@ def plot_embeddings(
     if trial_id not in trials.index:
         raise AnalysisError(f"unknown trial {trial_id!r}; allowed: {', '.join(trials.index)}")
     checkpoint = latest_checkpoint(study, trials.loc[trial_id])
-    weights, config, step = load_head(checkpoint)
+    member = trials.loc[trial_id].get(MEMBER)
+    weights, config, step = load_head(checkpoint, 0 if pd.isna(member) else int(member))
     xy = embed_2d(weights, perplexity)
     if not is_s5(config[OP]):
         mod = nearest_step(weights) if mod == AUTO else int(mod)

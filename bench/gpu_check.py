@@ -18,9 +18,12 @@ and the report says where it stopped):
 checks      correctness, compared number by number; each records pass/fail, the largest
             difference and the tolerance used; any failure makes the exit status 1.
             stacked_vs_alone: the stacked path (every member in one pass: the GPU path) against
-              each member run alone as ``Trainer``: losses and weight norm within a relative
-              tolerance, accuracies within 0.02 (a row or two flipping), final weights within an
-              absolute one. On CPU also the exact path against Trainer, bit for bit (==).
+              each member run alone on the per-member path (``Trainer(stacked=False)``): losses
+              and weight norm within a relative tolerance, accuracies within 0.02 (a row or two
+              flipping), final weights within an absolute one.
+            member_vs_alone: the per-member path (the population's members stepped one after
+              another, each its own model and optimizer) against the same runs alone: bit for
+              bit (==) on CPU; on CUDA recorded against the stacked tolerance (informational).
             checkpoint_resume: a population saved at an evaluation mid-run, loaded into a new
               one and run on, against the uninterrupted run: == wherever the device is
               deterministic. On CUDA both runs are under ``torch.use_deterministic_algorithms``
@@ -32,9 +35,9 @@ checks      correctness, compared number by number; each records pass/fail, the 
               and the survivors' runs equal to a population of the survivors alone.
 throughput  ``bench/population.py``'s measurement (the paper's model on x/y mod 97): member-steps
             per second of the population at each K of ``--members`` against K naive ``Trainer``
-            runs in turn, peak memory per member on CUDA, and where the curve flattens. Naive runs
-            take turns, so their rate does not depend on K: above ``--naive-max-k`` the largest
-            K measured stands for them.
+            runs in turn (each a population of one), peak memory per member on CUDA, and where
+            the curve flattens. Naive runs take turns, so their rate does not depend on K: above
+            ``--naive-max-k`` the largest K measured stands for them.
 fig2        Power et al.'s Figure 2: x/y mod p, ``--fractions`` × ``--fig2-seeds`` seeds, the
             paper's optimizer (AdamW lr 1e-3, wd 1, betas (0.9, 0.98), 10-step warm-up, batch
             min(512, half the training set)) and model (``--model paper``), ``--fig2-steps``
@@ -44,20 +47,21 @@ fig2        Power et al.'s Figure 2: x/y mod p, ``--fractions`` × ``--fig2-seed
             counts as infinite, so the median is censored when most did not), beside the
             README's CPU figure for the same setup where there is one; the wall time of the
             whole figure.
-compile     the largest Figure 2 population (all its members kept to ``--compile-steps``, so
-            that every variant trains the same stack) stepped as it is, without the shared
-            prefix (its ``unique`` reads a count back to the host every step), and with forward
-            + loss and the AdamW update under ``torch.compile`` for each of ``--compile``
-            (``inductor``, ``inductor:reduce-overhead`` = CUDA graphs, dynamo's ``eager`` to
-            test the wiring on CPU): steady member-steps/s after the first evaluation, the first
-            interval (compilation) apart, and the largest relative difference of the losses from
-            the population's at the first evaluation after step 0 (a wrong step shows there) and
-            at the last (where training has amplified rounding: chaos, not error).
+compile     the largest Figure 2 population on the stacked path (all its members kept to
+            ``--compile-steps``, so that every variant trains the same stack) stepped as it is,
+            without the shared prefix (its ``unique`` reads a count back to the host every
+            step), and with forward + loss and the AdamW update under ``torch.compile`` for each
+            of ``--compile`` (``inductor``, ``inductor:reduce-overhead`` = CUDA graphs, dynamo's
+            ``eager`` to test the wiring on CPU): steady member-steps/s after the first
+            evaluation, the first interval (compilation) apart, and the largest relative
+            difference of the losses from the population's at the first evaluation after step 0
+            (a wrong step shows there) and at the last (where training has amplified rounding:
+            chaos, not error).
 
-Imports: only torch, numpy and grok_tune's engine (config, model, train, population, which need
-pydantic for TrainConfig), never Ray, Optuna or pandas. The lent GPU machine (Python 3.12,
-PyTorch 2.11) has no pydantic: ``bench/gpu_check.sh`` installs the wheels carried in
-``bench/wheels`` (downloaded here by ``bash bench/gpu_check.sh --download-wheels``) into a
+Imports: only torch, numpy and grok_tune's engine (config, model, member, stacked, population,
+train, which need pydantic for TrainConfig), never Ray, Optuna or pandas. The lent GPU machine
+(Python 3.12, PyTorch 2.11) has no pydantic: ``bench/gpu_check.sh`` installs the wheels carried
+in ``bench/wheels`` (downloaded here by ``bash bench/gpu_check.sh --download-wheels``) into a
 temporary folder when ``import pydantic`` fails. This script says which import failed, and
 exits 2, if one does.
 """
@@ -94,6 +98,7 @@ try:
     from grok_tune.config import TrainConfig
     from grok_tune.packing import population_groups
     from grok_tune.population import Population
+    from grok_tune.stacked import Stack
     from grok_tune.tasks import IGNORE
     from grok_tune.train import Record, Trainer
 
@@ -110,13 +115,13 @@ MODELS = {
     "small": {"n_layers": 1, "d_model": 64, "n_heads": 4, "d_mlp": 256},  # the tests' TINY
     "tiny": {"n_layers": 1, "d_model": 32, "n_heads": 4, "d_mlp": 64},
 }
-# The stacked path rounds differently from Trainer's kernels, and training amplifies that: the
-# paper model's curves stayed within 2e-5 (relative) of Trainer's over 30 steps on CPU here, and
-# drifted to 1.4e-2 over 200 (chaos, not error): the checks compare short runs, at 1e-3. Accuracy:
-# a row or two of a split flipping. Weights: Adam moves a weight by about lr a step whatever the
-# gradient's size, so where a gradient is rounding noise (the keys' bias has none at all) two
-# runs may part by up to 2·lr a step; a member given another's weights is off by the scale of
-# the initialisation. Hence weights within 2·lr·steps.
+# The stacked path rounds differently from the per-member path's kernels, and training amplifies
+# that: the paper model's curves stayed within 2e-5 (relative) of a run alone over 30 steps on
+# CPU here, and drifted to 1.4e-2 over 200 (chaos, not error): the checks compare short runs, at
+# 1e-3. Accuracy: a row or two of a split flipping. Weights: Adam moves a weight by about lr a
+# step whatever the gradient's size, so where a gradient is rounding noise (the keys' bias has
+# none at all) two runs may part by up to 2·lr a step; a member given another's weights is off
+# by the scale of the initialisation. Hence weights within 2·lr·steps.
 STACKED_TOL = {"rel": 1e-3, "acc": 0.02}
 CURVE_KEYS = ("train_loss", "val_loss", "weight_norm")
 ACC_KEYS = ("train_acc", "val_acc")
@@ -293,11 +298,11 @@ def check_entry(name: str, diffs: list[dict[str, Any]], tol: dict | None, **extr
 # --- part 1: correctness -----------------------------------------------------------------------
 def check_stacked_vs_alone(args: argparse.Namespace, device: torch.device) -> list[dict]:
     cfgs = check_configs(args)
-    stacked = Population(cfgs, device, exact=False, chunk=len(cfgs))
+    stacked = Population(cfgs, device, stacked=True, chunk=len(cfgs))
     stacked.run()
     alone = []
-    for cfg in cfgs:
-        t = Trainer(cfg, device)
+    for cfg in cfgs:  # the reference: each run alone, its own model (a GPU would stack it)
+        t = Trainer(cfg, device, stacked=False)
         t.run()
         alone.append(t)
 
@@ -309,13 +314,14 @@ def check_stacked_vs_alone(args: argparse.Namespace, device: torch.device) -> li
 
     tol = stacked_tolerance(cfgs)
     entries = [check_entry("stacked_vs_alone", diffs(stacked), tol, path="stacked")]
-    # the exact path: Trainer's own kernels, one member at a time: == on CPU; on CUDA recorded
-    # (whether its kernels are Trainer's there too), held to the stacked path's tolerance
-    exact = Population(cfgs, device, exact=True, chunk=1)
-    exact.run()
+    # the per-member path: each member its own model and optimizer, one after another: == on
+    # CPU; on CUDA recorded (whether a member beside others is the run alone there too), held
+    # to the stacked path's tolerance
+    each = Population(cfgs, device, stacked=False)
+    each.run()
     tol = None if device.type == "cpu" else tol
-    entries.append(check_entry("exact_vs_alone", diffs(exact), tol, path="exact"))
-    # on CUDA the exact path is not the one populations take: a finding, not a failure
+    entries.append(check_entry("member_vs_alone", diffs(each), tol, path="per-member"))
+    # on CUDA the per-member path is not the one populations take: a finding, not a failure
     entries[-1]["informational"] = device.type != "cpu"
     return entries
 
@@ -354,7 +360,8 @@ def determinism_cost(cfgs: list[TrainConfig], device: torch.device) -> float | N
             sync(device)
             t0 = time.perf_counter()
             for _ in range(100):
-                pop._train_step()
+                pop.path.train_step(pop.step)
+                pop.step += 1
             sync(device)
         best[on] = min(best[on], time.perf_counter() - t0)
     return best[True] / best[False] - 1
@@ -430,9 +437,10 @@ def check_retire(args: argparse.Namespace, device: torch.device) -> dict:
             if r[m.DONE] and i in retiring:
                 last_weights[i] = pop.member_state_dict(i)
 
-    pop = Population(cfgs, device, exact=False if device.type == "cuda" else None)
+    pop = Population(cfgs, device, stacked=device.type == "cuda")
     pop.run(on_eval)
-    alone = Population([cfgs[i] for i in survivors], device, exact=pop.exact, chunk=pop.chunk)
+    chunk = pop.path.chunk if isinstance(pop.path, Stack) else None
+    alone = Population([cfgs[i] for i in survivors], device, stacked=pop.stacked, chunk=chunk)
     alone.run()
     diffs = [
         compare_runs(pop.history(i), alone.history(j), pop.member_state_dict(i),
@@ -455,8 +463,8 @@ def check_retire(args: argparse.Namespace, device: torch.device) -> dict:
     entry = check_entry(
         "retire_mid_run",
         diffs,
-        None if pop.exact else stacked_tolerance(cfgs),
-        path="exact" if pop.exact else "stacked",
+        stacked_tolerance(cfgs) if pop.stacked else None,
+        path="stacked" if pop.stacked else "per-member",
         retired=retired,
         retired_before_budget=left_early,
         retired_weights_untouched=untouched,
@@ -657,9 +665,10 @@ def part_fig2(
 
 # --- part 4: the step compiled -----------------------------------------------------------------
 class CompiledStep:
-    """``Population._train_step`` of the stacked path for plain AdamW members (no remedies, no
-    dropout), with forward + loss and the AdamW update each under ``torch.compile``. The batch
-    stays eager: each member's batch is drawn from its own CPU generator, as Trainer draws it."""
+    """``Stack.train_step`` (the stacked path's step, grok_tune/stacked.py) for plain AdamW
+    members (no remedies, no dropout), with forward + loss and the AdamW update each under
+    ``torch.compile``. The batch stays eager: each member's batch is drawn from its own CPU
+    generator, as the member alone draws it. Installed as ``pop.path.train_step``."""
 
     def __init__(self, pop: Population, backend: str, mode: str | None) -> None:
         plain = all(
@@ -667,9 +676,9 @@ class CompiledStep:
             and c.dropout == 0 and c.optimizer == "adamw" and c.loss == "cross_entropy"
             for c in pop.cfgs
         )  # fmt: skip
-        if pop.exact or not plain:
+        if not isinstance(pop.path, Stack) or not plain:
             raise ValueError("CompiledStep: the stacked path of plain AdamW members only")
-        self.pop = pop
+        self.stack: Stack = pop.path
         self.cudagraphs = mode is not None and "reduce-overhead" in mode
         opts: dict[str, Any] = {"backend": backend, "dynamic": False}
         if mode:
@@ -679,8 +688,8 @@ class CompiledStep:
         self._decay: tuple[int, torch.Tensor] | None = None
 
     def _forward_loss(self, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        pop = self.pop
-        logits = pop.forward(pop._views(flat), x)
+        stack = self.stack
+        logits = stack.forward(stack._views(flat), x)
         losses = F.cross_entropy(
             logits.flatten(0, 2), y.flatten(), ignore_index=IGNORE, reduction="none"
         ).view(y.shape[0], -1)
@@ -689,45 +698,44 @@ class CompiledStep:
 
     def decay_columns(self) -> torch.Tensor:
         """Each member's weight decay per column of the buffer (K, row_length)."""
-        pop = self.pop
-        K = len(pop.active)
+        stack = self.stack
+        K = len(stack.active)
         if self._decay is None or self._decay[0] != K:
-            cols = torch.zeros(K, pop.row_length, device=pop.device)
-            for (a, b, _), wd in zip(pop._classes, pop._class_wd, strict=True):
+            cols = torch.zeros(K, stack.row_length, device=stack.device)
+            for (a, b, _), wd in zip(stack._classes, stack._class_wd, strict=True):
                 cols[:, a:b] = wd.float().unsqueeze(1)
             self._decay = (K, cols)
         return self._decay[1]
 
-    def __call__(self) -> None:
-        pop, cfg = self.pop, self.pop.cfgs[0]
-        x, y = pop._batch()
-        rows = pop._flat.detach().requires_grad_(True)
+    def __call__(self, step: int) -> None:
+        stack, cfg = self.stack, self.stack.cfgs[0]
+        x, y = stack._batch()
+        rows = stack._flat.detach().requires_grad_(True)
         if self.cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()
         self.forward_loss(rows, x, y).backward()
         assert rows.grad is not None
-        s, t = pop.step, pop._adam_steps + 1
-        lr = pop._warmup_lr[s] if s < cfg.warmup_steps else pop._lr
-        dev = pop.device
+        t = stack._adam_steps + 1
+        lr = stack._warmup_lr[step] if step < cfg.warmup_steps else stack._lr
+        dev = stack.device
         scalars = torch.tensor(
             [1 - cfg.beta1**t, math.sqrt(1 - cfg.beta2**t)], dtype=torch.float32, device=dev
         )
         with torch.no_grad():
             self.update(
-                pop._flat, rows.grad, pop._exp_avg, pop._exp_avg_sq,
+                stack._flat, rows.grad, stack._exp_avg, stack._exp_avg_sq,
                 lr.float().unsqueeze(1), self.decay_columns(), scalars,
                 cfg.beta1, cfg.beta2, cfg.adam_eps,
             )  # fmt: skip
-        pop._adam_steps = t
-        pop.step += 1
+        stack._adam_steps = t
 
 
 def _adamw_update(
     p: torch.Tensor, g: torch.Tensor, m1: torch.Tensor, m2: torch.Tensor, lr: torch.Tensor,
     decay: torch.Tensor, scalars: torch.Tensor, beta1: float, beta2: float, eps: float,
 ) -> None:  # fmt: skip
-    """The stacked path's AdamW (Population._adam_stacked) with its per-step numbers as tensors,
-    so that a compiled graph serves every step."""
+    """The stacked path's AdamW (``Stack._adam``) with its per-step numbers as tensors, so that
+    a compiled graph serves every step."""
     p.mul_(1 - lr * decay)
     m1.lerp_(g, 1 - beta1)
     m2.mul_(beta2).addcmul_(g, g, value=1 - beta2)
@@ -738,12 +746,13 @@ def _adamw_update(
 def _run_variant(
     cfgs: list[TrainConfig], device: torch.device, variant: str, deadline: float
 ) -> dict[str, Any]:
-    pop = Population(cfgs, device, exact=False, chunk=len(cfgs))
+    pop = Population(cfgs, device, stacked=True, chunk=len(cfgs))
+    assert isinstance(pop.path, Stack)
     if variant != "population":
-        pop.forward.cfg.shared_prefix = 0  # no unique(): no count read back to the host
+        pop.path.forward.cfg.shared_prefix = 0  # no unique(): no count read back to the host
     if variant.startswith("compile:"):
         backend, _, mode = variant.removeprefix("compile:").partition(":")
-        pop._train_step = CompiledStep(pop, backend, mode or None)  # type: ignore[method-assign]
+        pop.path.train_step = CompiledStep(pop, backend, mode or None)  # type: ignore[method-assign]
     marks: list[tuple[int, float, float]] = []  # (step, time, evaluation seconds so far)
     spent = [0.0]
     inner = pop._evaluate

@@ -1,4 +1,4 @@
-"""Throughput of a population (K runs as one stacked model) against K runs one after another.
+"""Throughput of a population (K runs trained together) against K runs one after another.
 
 Run by hand from the repository root (a benchmark, not a test)::
 
@@ -9,12 +9,15 @@ Run by hand from the repository root (a benchmark, not a test)::
 The model is Power et al.'s (x/y mod 97, 50 % training data, 2 layers, width 128, 4 heads, MLP
 512, batch 512, AdamW lr 1e-3 wd 1); member i has seed i. For each K in ``--members``:
 
-naive        K ``Trainer`` runs one after another in this process (what K = 1 populations do).
-population   ``grok_tune.population.Population`` with the device's defaults: on CPU ``exact``
-             and one member per pass (LayerNorm, F.linear, the fused optimizer step per member:
-             bit for bit Trainer); on a GPU stacked, every member in one pass.
-stacked      ``Population(exact=False, chunk=K)``: the GPU path (every member in one pass,
-             LayerNorm's gain and bias and AdamW over the whole stack), measured on CPU too.
+naive        K ``Trainer`` runs one after another in this process: K populations of one, each
+             on the device's default path.
+population   ``grok_tune.population.Population`` with the device's defaults: on CPU the
+             per-member path (each member its own model and fused AdamW, stepped one after
+             another: bit for bit the run alone); on a GPU the stacked path, every member in one
+             pass.
+stacked      ``Population(stacked=True, chunk=K)``: the stacked path, the GPU's (every member in
+             one pass, LayerNorm's gain and bias and AdamW over the whole stack), measured on CPU
+             too.
 vmap         the stacked population with its model replaced by ``torch.func.vmap`` of
              ``functional_call`` over grok_tune's own ``Transformer`` (shared prefix off: its
              ``unique`` cannot be vmapped).
@@ -47,6 +50,7 @@ import torch
 
 from grok_tune.config import TrainConfig
 from grok_tune.population import Population
+from grok_tune.stacked import Stack
 from grok_tune.train import Trainer
 
 IMPLS = ("naive", "population", "stacked", "vmap")
@@ -66,7 +70,7 @@ def sync(device: torch.device) -> None:
 
 
 class VmapForward:
-    """The population's model as ``vmap(functional_call(Transformer))`` over the members."""
+    """The stacked path's model as ``vmap(functional_call(Transformer))`` over the members."""
 
     def __init__(self, pop: Population) -> None:
         template = pop.member_model(0)
@@ -103,7 +107,7 @@ def clock() -> float:
 def _timed(
     run: Callable[[], None], evaluate_owner: Any, device: torch.device
 ) -> tuple[float, float]:
-    """Wall seconds of ``run`` and the seconds spent in ``_evaluate`` of the owner(s)."""
+    """Wall seconds of ``run`` and the seconds spent in ``_evaluate`` of the population(s)."""
     owners = evaluate_owner if isinstance(evaluate_owner, list) else [evaluate_owner]
     spent = [0.0]
     for owner in owners:
@@ -137,14 +141,15 @@ def measure(impl: str, k: int, steps: int, device: torch.device) -> Row:
             for t in trainers:
                 t.run()
 
-        wall, evals = _timed(run, trainers, device)
+        wall, evals = _timed(run, [t.population for t in trainers], device)
     else:
-        stacked = impl in ("stacked", "vmap")  # the GPU path: every member in one pass
-        pop = Population(
-            cfgs, device, exact=False if stacked else None, chunk=k if stacked else None
-        )
+        if impl == "population":  # the device's defaults
+            pop = Population(cfgs, device)
+        else:  # the stacked path: every member in one pass
+            pop = Population(cfgs, device, stacked=True, chunk=k)
         if impl == "vmap":
-            pop.forward = VmapForward(pop)  # type: ignore[assignment]
+            assert isinstance(pop.path, Stack)
+            pop.path.forward = VmapForward(pop)  # type: ignore[assignment]
         wall, evals = _timed(pop.run, pop, device)
     peak = None
     if device.type == "cuda":

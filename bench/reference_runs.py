@@ -88,7 +88,7 @@ def run(name: str, path: str) -> dict[str, Any]:
         t.run()
         weights = digest(t.model.state_dict())
         return {"records": [[clean(r) for r in t.history]], "weights": [weights]}
-    kw = {"exact": False, "chunk": len(cfgs)} if path == "stacked" else {}
+    kw = {"stacked": True, "chunk": len(cfgs)} if path == "stacked" else {}
     pop = Population(cfgs, **kw)
     pop.run()
     return {

@@ -8,7 +8,8 @@ cores with the defaults; longer where other processes share them::
     .venv/bin/python bench/remedies.py --models small --rounds 3 --steps 100
 
 Every remedy is switched on the way a study switches it on, as a TrainConfig setting, and runs
-in grok_tune's own ``Trainer`` (grok_tune/remedies.py at the loop's seams):
+in grok_tune's own ``Trainer`` on the per-member path (grok_tune/member.py: the remedies of
+grok_tune/remedies.py at the loop's seams), on a GPU too:
 
 baseline     no remedy: cross-entropy in float32, fused AdamW.
 ema          Grokfast-EMA (α 0.98, λ 2): one copy of the gradients, three foreach passes a step.
@@ -77,7 +78,6 @@ from train_step import (
     wait_for_quiet,
 )
 
-from grok_tune import metrics as m
 from grok_tune.config import TrainConfig
 from grok_tune.train import Record, Trainer
 
@@ -168,33 +168,36 @@ class Stopwatch:
 class Driven:
     """A Trainer with one remedy, moved on ``WINDOW`` steps at a time through its own ``run()``.
 
-    Each ``advance`` extends the budget and lets ``run()`` go on; the evaluation that ends the
-    budget is replaced by a stop, so that only training steps run: the loop, the batches, the
-    loss, the hooks and the optimizer are Trainer's own.
+    Each ``advance`` extends the budget and lets ``run()`` (its population's loop) go on; the
+    evaluation that ends the budget is replaced by a stop, so that only training steps run: the
+    loop, the batches, the loss, the hooks and the optimizer are the run's own (its member's, on
+    the per-member path, whatever the device).
     """
 
     def __init__(self, model: str, remedy: str, device: torch.device) -> None:
-        self.trainer = t = Trainer(train_config(model, remedy), device)
-        t.history = [{}]  # a fresh run() evaluates the untrained model first: skip that
-        t._evaluate = self._stop  # type: ignore[method-assign]
+        self.trainer = t = Trainer(train_config(model, remedy), device, stacked=False)
+        self.pop = pop = t.population
+        pop.histories[0].append({})  # a fresh run() evaluates the untrained model first: skip that
+        pop._evaluate = self._stop  # type: ignore[method-assign]
         self.hooks: list[Stopwatch] = []
         self.loss: Stopwatch | None = None
         if device.type == "cpu":  # on a GPU the watches would need a sync each
-            t.grad_hooks = [Stopwatch(h) for h in t.grad_hooks]
-            t.step_hooks = [Stopwatch(h) for h in t.step_hooks]
-            self.hooks = [*t.grad_hooks, *t.step_hooks]  # type: ignore[list-item]
-            self.loss = Stopwatch(t.loss_fn)
-            t.loss_fn = self.loss
+            member = t.member
+            member.grad_hooks = [Stopwatch(h) for h in member.grad_hooks]
+            member.step_hooks = [Stopwatch(h) for h in member.step_hooks]
+            self.hooks = [*member.grad_hooks, *member.step_hooks]  # type: ignore[list-item]
+            self.loss = Stopwatch(member.loss_fn)
+            member.loss_fn = self.loss
 
-    def _stop(self, train_seconds: float) -> Record:
-        self.trainer.events.status = m.Status.CENSORED  # ends run(): the window is done
+    def _stop(self, train_seconds: float) -> dict[int, Record]:
+        self.pop.active = []  # ends run(): the window is done
         return {}
 
     def advance(self, steps: int) -> None:
-        t = self.trainer
-        t.cfg = t.cfg.model_copy(update={"steps": t.step + steps})
-        t.events.status = m.Status.RUNNING
-        t.run()
+        pop = self.pop
+        pop.cfgs[0] = pop.cfgs[0].model_copy(update={"steps": pop.step + steps})
+        pop.active = [0]
+        self.trainer.run()
 
     def watch(self, on: bool) -> None:
         """Start (from zero) or stop timing the hooks and the loss."""

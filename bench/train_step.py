@@ -10,7 +10,8 @@ cores; longer where other processes share them (it waits for them and retries)::
 What it compares, in one process on one machine, on Power et al.'s defaults (x/y mod 97,
 50 % training data, 2 layers, width 128, 4 heads, MLP 512, batch 512, AdamW lr 1e-3 wd 1):
 
-grok         ``grok_tune.train.Trainer`` itself, driven for a fixed step budget: fused AdamW, the
+grok         ``grok_tune.train.Trainer`` itself on the per-member path (its own model, the
+             population's loop; on a GPU too), driven for a fixed step budget: fused AdamW, the
              model's "last position only" final layer and its shared prefix ('a ∘' computed
              once per distinct a in the batch, not once per row).
 plain        the same model written the obvious way in this file: every layer on every position,
@@ -370,42 +371,46 @@ def time_trainer(
     """Drive grok_tune's Trainer: ``warmup`` steps, then ``steps`` timed steps of ``run``.
 
     The training steps are seen through a forward pre-hook on the model (training mode only:
-    evaluations run in eval mode) and the evaluations by wrapping ``Trainer._evaluate``.
+    evaluations run in eval mode) and the evaluations by wrapping its population's
+    ``_evaluate``. The ablations swap the member's model or optimizer (``trainer.member``).
     """
-    trainer = Trainer(train_config(warmup), device)
-    cfg = trainer.cfg
+    trainer = Trainer(train_config(warmup), device, stacked=False)
+    pop, member, cfg = trainer.population, trainer.member, trainer.cfg
     if config == "grok_full":
-        model = NoShortcutTransformer(trainer.model.cfg).to(device)
-        model.load_state_dict(trainer.model.state_dict())
-        trainer.model, trainer.params = model, list(model.parameters())
+        model = NoShortcutTransformer(member.model.cfg).to(device)
+        model.load_state_dict(member.model.state_dict())
+        member.model, member.params = model, list(model.parameters())
     if config == "grok_unshared":
-        trainer.model.cfg.shared_prefix = 0
+        member.model.cfg.shared_prefix = 0
     if config in ("grok_adamw", "grok_full"):
-        trainer.optimizer = torch.optim.AdamW(
-            trainer.model.param_groups(cfg.weight_decay, cfg.decay_scope),
+        member.optimizer = torch.optim.AdamW(
+            member.model.param_groups(cfg.weight_decay, cfg.decay_scope),
             lr=cfg.lr,
             betas=(cfg.beta1, cfg.beta2),
             eps=cfg.adam_eps,
             fused=True if config == "grok_full" else None,
         )
+        member.base_lrs = [group["lr"] for group in member.optimizer.param_groups]
     trainer.run()  # warm-up: evaluation at step 0, `warmup` steps, evaluation at the budget
 
-    # extend the budget and let the same Trainer go on, watched by the clock: the loop reads
-    # the budget from cfg, the stopping rule from events, which ended the run at `warmup`
-    trainer.cfg = cfg.model_copy(update={"steps": warmup + steps})
-    trainer.events.rule = dataclasses.replace(trainer.events.rule, steps=warmup + steps)
-    trainer.events.status = m.Status.RUNNING
+    # extend the budget and let the same population go on, watched by the clock: the loop reads
+    # the budget from its cfgs, the stopping rule from events, which ended the run at `warmup`
+    # and took it out of the active members
+    pop.cfgs[0] = cfg.model_copy(update={"steps": warmup + steps})
+    pop.events[0].rule = dataclasses.replace(pop.events[0].rule, steps=warmup + steps)
+    pop.events[0].status = m.Status.RUNNING
+    pop.active = [0]
     clock = StepClock(device)
-    evaluate = trainer._evaluate
+    evaluate = pop._evaluate
 
-    def timed_evaluate(train_seconds: float) -> Record:
+    def timed_evaluate(train_seconds: float) -> dict[int, Record]:
         return clock.evaluation(lambda: evaluate(train_seconds))
 
     def on_forward(module: nn.Module, args: Any) -> None:
         if module.training:
             clock.step()
 
-    trainer._evaluate = timed_evaluate  # type: ignore[method-assign]
+    pop._evaluate = timed_evaluate  # type: ignore[method-assign]
     hook = trainer.model.register_forward_pre_hook(on_forward)
     sync(device)
     t0 = time.perf_counter()
@@ -556,12 +561,12 @@ def chunked_accuracy_and_loss(
 def eval_breakdown(
     trainer: Trainer, plain: nn.Module, device: torch.device, reps: int = 3
 ) -> dict[str, float]:
-    """Best-of-``reps`` milliseconds of one evaluation: Trainer's whole ``_evaluate``, its two
-    ``metrics.evaluate`` calls alone, accuracy and loss alone in chunks of 512 rows, and the
-    plain one."""
+    """Best-of-``reps`` milliseconds of one evaluation: the population's whole ``_evaluate``
+    (records, events), its two ``metrics.evaluate`` calls alone, accuracy and loss alone in
+    chunks of 512 rows, and the plain one."""
     train, val, layout, model = trainer.train_data, trainer.val_data, trainer.layout, trainer.model
     cases: dict[str, Callable[[], Any]] = {
-        "trainer._evaluate": lambda: trainer._evaluate(0.0),
+        "population._evaluate": lambda: trainer.population._evaluate(0.0),
         "evaluate x2": lambda: [
             m.evaluate(model, train, layout, "train", collapse=True),
             m.evaluate(model, val, layout, "val"),
@@ -590,7 +595,7 @@ def measure_breakdown(
 ) -> dict[str, dict[str, float]]:
     """Per-phase milliseconds of a grok_tune step (Trainer's model and fused AdamW, randperm
     batches) and of a plain step, and of the evaluations."""
-    trainer = Trainer(train_config(1), device)
+    trainer = Trainer(train_config(1), device, stacked=False)
     train = trainer.train_data
     gen = torch.Generator().manual_seed(0)
     n_train = len(train)
@@ -647,7 +652,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
 
     # the model both sides train, and checks that they compute the same function
-    probe = Trainer(train_config(1), device)
+    probe = Trainer(train_config(1), device, stacked=False)
     train, val = probe.train_data, probe.val_data
     model_cfg, batch, prefix = probe.model.cfg, probe.batch_size, probe.layout.shared_prefix
     plain = PlainTransformer(model_cfg).to(device)

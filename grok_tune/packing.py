@@ -24,13 +24,13 @@ MAY_DIFFER = frozenset(
         "preset",  # a label: the settings it fills are compared one by one
     }
 )  # fmt: skip
-# settings the stacked population (grok_tune/population.py) does not implement: at any other
-# value than these, a run trains on its own
-POPULATION_UNKNOWN: dict[str, Any] = {
-    "warmup_from_zero": False,
+# settings the stacked path (grok_tune/stacked.py) does not implement: at any other value, a
+# population runs on the per-member path
+NOT_STACKED: dict[str, Any] = {
+    "architecture": "transformer",
+    "embedding_lr": None,
     "extra_classes": 0,
     "block_norm": "pre",
-    "attn_init": "pytorch",
 }
 SHARED = tuple(name for name in TrainConfig.model_fields if name not in MAY_DIFFER)
 EFFECTIVE_BATCH = "effective batch size"
@@ -62,35 +62,20 @@ def population_key(cfg: TrainConfig) -> tuple[tuple[str, Any], ...]:
     )
 
 
-def check_stackable(cfgs: Sequence[TrainConfig]) -> None:
-    """ValueError where a configuration needs what the stacked population does not have:
-    it stacks the transformer under one lr per member (grok_tune/population.py)."""
+def why_not_stacked(cfgs: Sequence[TrainConfig]) -> str | None:
+    """Why these members cannot run on the stacked path (it stacks the transformer, one lr per
+    member), or None."""
     for cfg in cfgs:
-        if cfg.architecture != "transformer":
-            raise ValueError(
-                f"members_per_trial > 1: populations stack the transformer only; architecture "
-                f"{cfg.architecture} trains one run per trial (members_per_trial: 1)"
-            )
-        unknown = [
-            name for name, default in POPULATION_UNKNOWN.items() if getattr(cfg, name) != default
-        ]
+        unknown = [name for name, plain in NOT_STACKED.items() if getattr(cfg, name) != plain]
         if unknown:
-            raise ValueError(
-                f"members_per_trial > 1: populations do not know {', '.join(unknown)}; "
-                "they need one run per trial (members_per_trial: 1)"
-            )
-        if cfg.embedding_lr is not None:
-            raise ValueError(
-                "members_per_trial > 1: populations train one lr per member; embedding_lr "
-                "needs one run per trial (members_per_trial: 1)"
-            )
+            return f"it does not know {', '.join(f'{n} {getattr(cfg, n)!r}' for n in unknown)}"
+    return None
 
 
 def check_population(cfgs: Sequence[TrainConfig]) -> None:
     """ValueError naming the first setting in which a member differs from member 0."""
     if not cfgs:
         raise ValueError("a population needs at least one member")
-    check_stackable(cfgs)
     first = population_key(cfgs[0])
     for i, cfg in enumerate(cfgs[1:], 1):
         for (name, a), (_, b) in zip(first, population_key(cfg), strict=True):
@@ -106,8 +91,7 @@ def population_groups(cfgs: Sequence[TrainConfig], max_size: int | None = None) 
     """Indices of ``cfgs`` grouped by ``population_key`` (in order of first appearance), each
     group cut into populations of at most ``max_size`` members."""
     if max_size != 1:
-        check_stackable(cfgs)
-    groups: dict[tuple, list[int]] = {}
+        groups: dict[tuple, list[int]] = {}
     for i, cfg in enumerate(cfgs):
         groups.setdefault(population_key(cfg), []).append(i)
     size = max_size or len(cfgs) or 1

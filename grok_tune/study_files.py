@@ -5,7 +5,7 @@ A study lives in ``STORAGE/NAME`` (a local folder, or an ``s3://`` / ``gs://`` U
     study.yaml              the study file that made it, as validated (resources as last run)
     optuna.journal          Optuna's storage (mode optuna), readable by Optuna's own tools
     experiment_state-*.json Ray Tune's state (what --resume continues)
-    <trial dirs>/           each trial: checkpoint_*/trainer.pt, TensorBoard events, result.json
+    <trial dirs>/           each trial: checkpoint_*/population.pt, TensorBoard events, result.json
     trials.parquet          one row per trial (per configuration of a population)
     curves.parquet          every evaluation of every trial
     phases.parquet          every phase change (sudden loss drop) of every trial's loss curves
@@ -29,7 +29,7 @@ FIGURES_DIR = "figures"
 SUMMARY_FILE = "summary.txt"
 # a trial checkpoint's one file: the state_dict of its run (a Trainer's, or a population's)
 # through torch.save
-STATE_FILE = "trainer.pt"
+STATE_FILE = "population.pt"  # a trial's whole state: its population's (grok_tune/population.py)
 # the column naming a trial in both Parquet files
 TRIAL_ID = "trial_id"
 

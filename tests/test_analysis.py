@@ -37,7 +37,14 @@ from grok_tune.regions import (
     first_step_reaching,
 )
 from grok_tune.results import CURVES_SCHEMA, TRIALS_SCHEMA
-from grok_tune.study_files import CURVES_FILE, OPTUNA_FILE, STUDY_FILE, TRIAL_ID, TRIALS_FILE
+from grok_tune.study_files import (
+    CURVES_FILE,
+    OPTUNA_FILE,
+    STATE_FILE,
+    STUDY_FILE,
+    TRIAL_ID,
+    TRIALS_FILE,
+)
 from grok_tune.tasks.tables import S5_ELEMENTS, compose
 from grok_tune.train import TrainConfig
 
@@ -444,8 +451,8 @@ def test_s5_embedding_from_a_checkpoint(tmp_path):
     head = torch.randn(len(S5_ELEMENTS), 16)
     config = TrainConfig(op="S5:x*y").model_dump()
     torch.save(
-        {"config": config, "model": {embeddings.HEAD: head}, "step": 500},
-        trial_dir / "checkpoint_000000" / "trainer.pt",
+        {"configs": [config], "models": [{embeddings.HEAD: head}], "step": 500},
+        trial_dir / "checkpoint_000000" / STATE_FILE,
     )
     drawn = embeddings.plot_embeddings(load_study(study_dir))
     assert_png(drawn.path)

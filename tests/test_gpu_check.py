@@ -38,11 +38,11 @@ def test_every_part_runs_on_cpu_and_writes_its_figures(tmp_path):
 
     checks = {c["name"]: c for c in data["checks"]}
     assert set(checks) == {
-        "stacked_vs_alone", "exact_vs_alone", "checkpoint_resume", "retire_mid_run",
+        "stacked_vs_alone", "member_vs_alone", "checkpoint_resume", "retire_mid_run",
     }  # fmt: skip
     assert all(c["passed"] for c in checks.values()), checks
-    # on CPU the exact path, a resumed checkpoint and the survivors of a retirement are == ...
-    for name in ("exact_vs_alone", "checkpoint_resume", "retire_mid_run"):
+    # on CPU the per-member path, a resumed checkpoint and the survivors of a retirement are ==
+    for name in ("member_vs_alone", "checkpoint_resume", "retire_mid_run"):
         assert checks[name]["tolerance"] == "bitwise (==)"
         assert checks[name]["bitwise_equal"] and checks[name]["max_abs_weights"] == 0.0
     # ... and the stacked path rounds differently: within its recorded tolerance

@@ -9,7 +9,8 @@ import torch
 from grok_tune import metrics as m
 from grok_tune.config import TrainConfig
 from grok_tune.model import MLP, ModelConfig, build_model
-from grok_tune.packing import check_population, population_groups
+from grok_tune.packing import check_population, population_groups, why_not_stacked
+from grok_tune.population import Population
 from grok_tune.train import Trainer
 
 # x+y mod 13 at 70% of the table: each MLP memorizes it within a few hundred steps
@@ -230,29 +231,40 @@ def test_unread_settings_are_blank_in_the_record():
     assert TrainConfig().used()["mlp_input"] is None
 
 
-def test_populations_refuse_the_mlp():
-    cfgs = [TrainConfig(**{**PRIETO, "seed": s}) for s in range(2)]
-    with pytest.raises(ValueError, match="populations stack the transformer only"):
-        population_groups(cfgs, 2)
-    with pytest.raises(ValueError, match="populations stack the transformer only"):
-        check_population(cfgs)
-    assert population_groups(cfgs, 1) == [[0], [1]]
-    with pytest.raises(ValueError, match="embedding_lr"):
-        check_population([TrainConfig(embedding_lr=1e-2)])
+def without_clock(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k != m.ELAPSED_S}
+
+
+def test_a_population_of_mlps_trains_each_member_as_its_run_alone():
+    """The stacked path stacks the transformer only: MLP members run on the per-member path,
+    packed like any other study's, each bit for bit its run alone."""
+    cfgs = [TrainConfig(**{**PRIETO, "seed": s, "steps": 60, "eval_every": 20}) for s in range(2)]
+    assert population_groups(cfgs, 2) == [[0, 1]]
+    pop = Population(cfgs)
+    assert not pop.stacked
+    pop.run()
+    for i, cfg in enumerate(cfgs):
+        alone = Trainer(cfg)
+        alone.run()
+        assert [without_clock(r) for r in pop.history(i)] == [
+            without_clock(r) for r in alone.history
+        ]
+    with pytest.raises(ValueError, match=r"stacked path cannot run these members: .*architecture"):
+        Population(cfgs, stacked=True)
 
 
 @pytest.mark.parametrize(
-    "settings",
+    ("settings", "named"),
     [
-        {"block_norm": "post"},
-        {"attn_init": "xavier"},
-        {"warmup_from_zero": True},
-        {"extra_classes": 1},
+        ({"block_norm": "post"}, "block_norm 'post'"),
+        ({"extra_classes": 1}, "extra_classes 1"),
+        ({"embedding_lr": 1e-2}, "embedding_lr 0.01"),
     ],
 )
-def test_populations_refuse_what_they_do_not_implement(settings):
-    with pytest.raises(ValueError, match="populations do not know"):
-        check_population([TrainConfig(**settings)])
+def test_the_stacked_path_names_what_it_does_not_know(settings, named):
+    cfgs = [TrainConfig(**settings)]
+    assert named in (why_not_stacked(cfgs) or "")
+    check_population(cfgs)  # a population still: on the per-member path
 
 
 def test_transformer_settings_are_refused_for_the_mlp():

@@ -1,0 +1,761 @@
+"""The stacked path: K members as one model whose weights carry a leading member axis.
+
+A grokking run is tiny: on a GPU one run is bound by kernel launches, not arithmetic. ``Stack``
+holds each member's weights as a row of one ``(K, row_length)`` buffer: every matrix product a
+batched one (``torch.baddbmm``), attention one call over K·B rows, the optimizer a dozen
+elementwise ops over the whole buffer; one stream of launches drives K runs. It is one of the
+two ways ``Population`` (grok_tune/population.py) runs its members; the other steps each
+member's own model (grok_tune/member.py). The loop, the evaluation schedule, the records, the
+events and the checkpoints are the population's, whichever path runs.
+
+It is the same function as the model (grok_tune/model.py), rounded differently: agreement with
+the per-member path to 1e-4 is tested on CPU; training amplifies rounding slowly, as it does a
+change of thread count. It stacks the transformer under one lr per member
+(``packing.why_not_stacked`` says what else it does not know); a population that needs more
+runs on the per-member path.
+
+Dropout: each member draws its masks from its own generator (``MemberDropout``), so a member
+does not depend on who else is in its population; the masks are not those the model draws
+from torch's generator, so runs with dropout match the per-member path in distribution only.
+In a population where any member has dropout, every member runs the dropout path (no shared
+prefix, attention as plain matmuls).
+
+A member that ended leaves the stack at that evaluation: nothing of it changes afterwards (no
+step, no decay, no filter state) and it costs nothing. Its final weights are kept.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, get_args
+
+import torch
+import torch.nn.functional as F
+
+from grok_tune import metrics as m
+from grok_tune import remedies
+from grok_tune.config import FILTER_READS, DecayScope, TrainConfig
+from grok_tune.member import Record, initial_model, loss_function, lr_at, model_config
+from grok_tune.model import ModelConfig, Transformer
+from grok_tune.tasks import IGNORE, Split
+from grok_tune.tasks.streams import stream_key
+
+if TYPE_CHECKING:
+    from grok_tune.population import Population
+
+SCOPES: tuple[str, ...] = get_args(DecayScope)
+ALIGN = 16  # floats: 64 bytes, the alignment of torch's CPU allocations
+
+
+# --- the stacked model ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Slot:
+    """Where one of the model's parameters lies in a member's row of the flat buffer."""
+
+    name: str
+    shape: tuple[int, ...]
+    start: int
+    stop: int
+
+
+class _Linear(torch.autograd.Function):
+    """Each member's ``F.linear`` on (K, M, in) rows, with F.linear's own backward: the weight's
+    gradient as gᵀx (autograd of a product with a transposed weight would take (xᵀg)ᵀ, which
+    rounds differently for narrow outputs)."""
+
+    @staticmethod
+    def forward(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        wt = w.transpose(1, 2)
+        return torch.bmm(x, wt) if b is None else torch.baddbmm(b.unsqueeze(1), x, wt)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+        x, w, _ = inputs
+        ctx.save_for_backward(x, w)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, w = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad
+        return (
+            torch.bmm(g, w) if need_x else None,
+            torch.bmm(g.transpose(1, 2), x) if need_w else None,
+            g.sum(dim=1) if need_b else None,
+        )
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """Each member's ``F.linear``: x (K, ..., in), w (K, out, in), b (K, out) or None."""
+    if x.shape[0] == 1:  # one member: F.linear itself (squeeze: a view both ways, no copy)
+        one = F.linear(x.squeeze(0), w.squeeze(0), None if b is None else b.squeeze(0))
+        return one.unsqueeze(0)
+    y = _Linear.apply(x.reshape(x.shape[0], -1, x.shape[-1]), w, b)
+    return y.view(*x.shape[:-1], w.shape[1])
+
+
+def _per_member(t: torch.Tensor, ndim: int) -> torch.Tensor:
+    """A (K, ...) tensor shaped to broadcast against a (K, ..., C) tensor of ``ndim`` dims."""
+    return t.view(t.shape[0], *([1] * (ndim - t.dim())), *t.shape[1:])
+
+
+def _member_distinct_rows(prefix: torch.Tensor, base: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``model._distinct_rows`` per member: (K, B, n) tokens -> each member's distinct rows in
+    the model's order, padded with zero tokens to the largest count, (K, U, n); and each row's
+    index among its member's (K, B). One sort for all members (the member is the top digit)."""
+    K, _B, n = prefix.shape
+    weights = base ** torch.arange(n - 1, -1, -1, device=prefix.device)
+    span = base**n
+    member = torch.arange(K, device=prefix.device).unsqueeze(1)
+    keys, inverse = ((prefix * weights).sum(dim=2) + member * span).unique(return_inverse=True)
+    owner = keys // span
+    counts = torch.bincount(owner, minlength=K)
+    rank = torch.arange(len(keys), device=prefix.device) - (counts.cumsum(0) - counts)[owner]
+    codes = torch.zeros(K, int(counts.max()), dtype=keys.dtype, device=prefix.device)
+    codes[owner, rank] = keys % span
+    return (codes.unsqueeze(2) // weights) % base, rank[inverse]
+
+
+class MemberDropout:
+    """Dropout with each member's own generator: a member's masks depend on its stream alone,
+    not on who else is in the population. One draw per member and site (K small launches)."""
+
+    def __init__(self, rates: Sequence[float], generators: Sequence[torch.Generator]) -> None:
+        self.generators = list(generators)
+        device = self.generators[0].device
+        r = torch.tensor(list(rates), dtype=torch.float32)
+        self.rates = r.to(device)
+        self.scales = (1.0 / (1.0 - r)).to(device)  # kept values scaled as F.dropout does
+
+    def rows(self, start: int, stop: int) -> MemberDropout:
+        """The same members' streams, for the stack rows start..stop."""
+        sub = MemberDropout.__new__(MemberDropout)
+        sub.generators = self.generators[start:stop]
+        sub.rates, sub.scales = self.rates[start:stop], self.scales[start:stop]
+        return sub
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape[1:]
+        u = torch.stack([torch.rand(shape, generator=g, device=x.device) for g in self.generators])
+        keep = u >= _per_member(self.rates, x.dim())
+        return x * keep * _per_member(self.scales, x.dim())
+
+
+class StackedTransformer:
+    """``grok_tune.model.Transformer`` for K members at once, as a function of the stacked
+    parameters (name -> (K, *shape)) and token ids (K, B, T) -> logits (K, B, n_predict, classes).
+
+    It keeps the model's two shortcuts: the last layer computes queries, projection and MLP on
+    the predicted positions alone, and a shared prefix ('a ∘' of a table) runs once per distinct
+    prefix among each member's rows, not once per row.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        self.cfg = cfg
+
+    def __call__(
+        self,
+        p: dict[str, torch.Tensor],
+        idx: torch.Tensor,
+        drop: MemberDropout | None = None,
+    ) -> torch.Tensor:
+        cfg, last = self.cfg, self.cfg.n_layers - 1
+        K, _B, T = idx.shape
+        n_out, n = cfg.n_predict, cfg.shared_prefix
+        x = self._embed(p, idx) + p["pos_emb.weight"][:, None, :T]
+        if n and last > 0 and drop is None and T - n_out >= n:
+            # as Transformer.forward: prefixes depend on their own tokens alone under causal
+            # attention. Each member runs its own distinct prefixes, in the order the model
+            # would, padded to the largest count (the padding rows are read by no one)
+            ids, row = _member_distinct_rows(idx[..., :n], cfg.vocab_size)
+            U = ids.shape[1]
+            xp = self._embed(p, ids) + p["pos_emb.weight"][:, None, :n]
+            x = x[:, :, n:]
+            member = torch.arange(K, device=idx.device).unsqueeze(1)
+            gather = (row + member * U).flatten()
+            for i in range(cfg.n_layers):
+                xp, (k, v) = self._block(p, i, xp)
+                # index_select, not k[gather]: a deterministic backward on CPU (as the model)
+                shared = (k.index_select(0, gather), v.index_select(0, gather))
+                x, _ = self._block(p, i, x, shared, n_out if i == last else None)
+        else:
+            if drop is not None:
+                x = drop(x)
+            for i in range(cfg.n_layers):
+                x, _ = self._block(p, i, x, None, n_out if i == last else None, drop)
+        x = x[:, :, x.shape[2] - n_out :]
+        return _linear(self._norm(p, "ln_f", x), p["head.weight"], p.get("head.bias"))
+
+    def _embed(self, p: dict[str, torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
+        w = p["tok_emb.weight"]  # (K, V, C): one table of K·V rows, each member its own rows
+        K, V = w.shape[:2]
+        offset = _per_member(torch.arange(K, device=idx.device) * V, idx.dim())
+        return F.embedding(idx + offset, w.reshape(K * V, -1))
+
+    def _norm(self, p: dict[str, torch.Tensor], name: str, x: torch.Tensor) -> torch.Tensor:
+        if not self.cfg.layer_norm:
+            return x
+        w, b = p[f"{name}.weight"], p[f"{name}.bias"]
+        # normalise, then each member's gain and bias: the forward rounds as the fused kernel
+        # (addcmul is one fma), the backward does not
+        y = F.layer_norm(x, (x.shape[-1],))
+        return torch.addcmul(_per_member(b, x.dim()), y, _per_member(w, x.dim()))
+
+    def _block(
+        self,
+        p: dict[str, torch.Tensor],
+        i: int,
+        x: torch.Tensor,
+        prefix: tuple[torch.Tensor, torch.Tensor] | None = None,
+        n_out: int | None = None,
+        drop: MemberDropout | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        pre = f"blocks.{i}."
+        residual = x if n_out is None else x[:, :, x.shape[2] - n_out :]
+        y, kv = self._attention(
+            p, pre + "attn.", self._norm(p, pre + "ln1", x), prefix, n_out, drop
+        )
+        x = residual + (drop(y) if drop is not None else y)
+        if self.cfg.d_mlp:
+            h = _linear(
+                self._norm(p, pre + "ln2", x), p[pre + "mlp.0.weight"], p[pre + "mlp.0.bias"]
+            )
+            h = F.gelu(h) if self.cfg.activation == "gelu" else F.relu(h)
+            h = _linear(h, p[pre + "mlp.2.weight"], p[pre + "mlp.2.bias"])
+            x = x + (drop(h) if drop is not None else h)
+        return x, kv
+
+    def _attention(
+        self,
+        p: dict[str, torch.Tensor],
+        pre: str,
+        x: torch.Tensor,
+        prefix: tuple[torch.Tensor, torch.Tensor] | None,
+        n_out: int | None,
+        drop: MemberDropout | None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        K, B, T, C = x.shape
+        H = self.cfg.n_heads
+        n_q = T if n_out is None else n_out
+        w, b = p[pre + "qkv.weight"], p.get(pre + "qkv.bias")
+        b_q, b_kv = (None, None) if b is None else (b[:, :C], b[:, C:])
+
+        def heads(t: torch.Tensor) -> torch.Tensor:  # (K, B, t, C) -> (K·B, H, t, C/H)
+            return t.reshape(K * B, t.shape[2], H, C // H).transpose(1, 2)
+
+        # attention itself has no weights: members and rows are one batch of K·B rows
+        q = heads(_linear(x[:, :, T - n_q :], w[:, :C], b_q))
+        k, v = (heads(t) for t in _linear(x, w[:, C:], b_kv).split(C, dim=-1))
+        keys, values, n_before = k, v, 0
+        if prefix is not None:
+            keys, values = torch.cat((prefix[0], k), dim=2), torch.cat((prefix[1], v), dim=2)
+            n_before = prefix[0].shape[2]
+        q_pos = torch.arange(n_before + T - n_q, n_before + T, device=x.device)
+        mask = torch.arange(n_before + T, device=x.device) <= q_pos[:, None]
+        if drop is not None:
+            # SDPA's dropout would draw from the global generator: the plain computation
+            att = (q @ keys.transpose(-2, -1)) * (C // H) ** -0.5
+            att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+            att = drop(att.view(K, B, *att.shape[1:])).flatten(0, 1)
+            y = att @ values
+        elif n_before == 0 and n_q == T:
+            y = F.scaled_dot_product_attention(q, keys, values, is_causal=True)
+        else:  # (as the model: one query, at the last position, sees every key unmasked)
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask if n_q > 1 else None)
+        y = y.transpose(1, 2).reshape(K, B, n_q, C)
+        return _linear(y, p[pre + "proj.weight"], p.get(pre + "proj.bias")), (k, v)
+
+
+# --- batched measures of a split ------------------------------------------------------------------
+@dataclass
+class _Stacked:
+    """Every active member's split, padded to the longest with IGNORE rows."""
+
+    x: torch.Tensor  # (K, N, T)
+    y: torch.Tensor  # (K, N, P)
+    n: torch.Tensor  # (K,) real rows per member
+
+
+def _stack_splits(splits: Sequence[Split], device: torch.device) -> _Stacked:
+    longest = max(len(s) for s in splits)
+    xs, ys = [], []
+    for s in splits:
+        pad = longest - len(s)
+        xs.append(F.pad(s.x, (0, 0, 0, pad)))
+        ys.append(F.pad(s.y, (0, 0, 0, pad), value=IGNORE))
+    n = torch.tensor([len(s) for s in splits], device=device)
+    return _Stacked(torch.stack(xs).to(device), torch.stack(ys).to(device), n)
+
+
+def _collapsed_and_gaps(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, ``remedies.softmax_collapse``'s test (float32 Σ exp(z − max z) == 1) and
+    ``remedies.logit_gap``'s top-two difference (float64): those measures before their mean,
+    so that each member's rows are counted apart."""
+    z = logits.detach().float()
+    collapsed = torch.exp(z - z.amax(dim=-1, keepdim=True)).sum(dim=-1) == 1
+    if z.shape[-1] < 2:
+        return collapsed, torch.zeros(z.shape[:-1], dtype=torch.float64, device=z.device)
+    top = z.topk(2, dim=-1).values
+    return collapsed, (top[..., 0] - top[..., 1]).double()
+
+
+# --- the stacked members --------------------------------------------------------------------------
+class Stack:
+    """The members of ``pop`` as one stacked model, their AdamW and remedies over the stack.
+
+    ``models`` are the members' initial models; ``chunk`` is how many members share one forward
+    and backward pass (default: all of them).
+    """
+
+    def __init__(self, pop: Population, models: Sequence[Transformer], chunk: int | None) -> None:
+        self.pop = pop
+        self.cfgs, self.device = pop.cfgs, pop.device
+        self.chunk = chunk
+        cfg0 = self.cfgs[0]
+        # finite data: the training sets, one tensor with each member's offset
+        self._offsets = [0]
+        for split in pop.train:
+            self._offsets.append(self._offsets[-1] + len(split))
+        self._train_x = torch.cat([s.x for s in pop.train]).to(self.device)
+        self._train_y = torch.cat([s.y for s in pop.train]).to(self.device)
+        template = models[0]
+        self.forward = StackedTransformer(model_config(cfg0, pop.layout))
+        self._layout_params(template)
+        self._flat = torch.stack([self._row(model) for model in models]).to(self.device)
+        self._exp_avg = torch.zeros_like(self._flat)
+        self._exp_avg_sq = torch.zeros_like(self._flat)
+        self._adam_steps = 0
+        # Omnigrok's target: each member's initial norm, computed as the per-member path does
+        self._target_norm = torch.stack(
+            [remedies.total_norm(list(model.parameters())) for model in models]
+        ).to(self.device)
+        self._retired: list[torch.Tensor | None] = [None] * len(self.cfgs)
+        # dropout's own stream per member, apart from the batch stream of the same seed
+        self.dropout_rng = [
+            torch.Generator(device=self.device).manual_seed(stream_key(c.seed, "dropout") >> 1)
+            for c in self.cfgs
+        ]
+        self._member_loss_fn = loss_function(cfg0)
+        self._loss_fn = torch.func.vmap(self._member_loss_fn)
+        self._shell: Transformer | None = None
+        self._filters: dict[tuple, Any] = {}
+        self._set_active(list(range(len(self.cfgs))))
+
+    # --- building ---------------------------------------------------------------------------------
+    def _layout_params(self, template: Transformer) -> None:
+        """The flat row's layout: parameters grouped by the decay scopes that decay them, so a
+        member's weight decay is one multiplier per group of columns."""
+        names = [name for name, _ in template.named_parameters()]
+        if list(template.state_dict()) != names:
+            raise RuntimeError("the model has buffers: a member is more than its parameters")
+        self._names = names
+        decayed = {}
+        by_id = {id(p): name for name, p in template.named_parameters()}
+        for scope in SCOPES:
+            group = template.param_groups(1.0, scope)[0]["params"]
+            decayed[scope] = {by_id[id(p)] for p in group}
+        params = dict(template.named_parameters())
+        signature = {n: tuple(n in decayed[s] for s in SCOPES) for n in names}
+        order = sorted(names, key=lambda n: signature[n], reverse=True)  # stable: model order
+        self._slots: dict[str, Slot] = {}
+        # (start, stop, decayed under each scope) of every tensor, and of runs of tensors
+        # decayed alike
+        self._tensors: list[tuple[int, int, tuple[bool, ...]]] = []
+        self._classes: list[tuple[int, int, tuple[bool, ...]]] = []
+        # every tensor starts ALIGN floats apart, as its own allocation would: BLAS kernels
+        # round differently at other alignments
+        start, self._split = 0, []
+        for name in order:
+            numel = params[name].numel()
+            self._slots[name] = Slot(name, tuple(params[name].shape), start, start + numel)
+            sig = signature[name]
+            self._tensors.append((start, start + numel, sig))
+            if self._classes and self._classes[-1][2] == sig:
+                self._classes[-1] = (self._classes[-1][0], start + numel, sig)
+            else:
+                self._classes.append((start, start + numel, sig))
+            pad = -numel % ALIGN
+            self._split += [numel, pad]
+            start += numel + pad
+        self.row_length = start  # zeros between the tensors, never trained
+        self.num_params = sum(p.numel() for p in params.values())
+        self._order = order
+
+    def decayed_params(self, i: int) -> int:
+        """The parameters weight decay touches in member i, as its optimizer counts them."""
+        sig = SCOPES.index(self.cfgs[i].decay_scope)
+        return sum(b - a for a, b, s in self._tensors if s[sig])
+
+    def _row(self, model: Transformer | dict[str, torch.Tensor]) -> torch.Tensor:
+        """A member's weights (its model, or the model's state dict) as a row of the buffer."""
+        params = model if isinstance(model, dict) else dict(model.named_parameters())
+        row = torch.zeros(self.row_length)
+        for name, slot in self._slots.items():
+            row[slot.start : slot.stop] = params[name].detach().reshape(-1).cpu()
+        return row
+
+    def _chunks(self, t: torch.Tensor) -> list[torch.Tensor]:
+        """The (K, numel) columns of each parameter in ``t`` (K, row_length), in flat order: one
+        split, whose backward is one cat."""
+        return list(t.split(self._split, dim=1)[::2])
+
+    def _views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        K = flat.shape[0]
+        chunks = self._chunks(flat)
+        return {
+            n: c.view(K, *self._slots[n].shape) for n, c in zip(self._order, chunks, strict=True)
+        }
+
+    def _set_active(self, active: list[int]) -> None:
+        """Everything per active member that follows from the configurations."""
+        self.active = active
+        cfgs = [self.cfgs[i] for i in active]
+        dev = self.device
+        f64 = {"dtype": torch.float64, "device": dev}
+        self._lr = torch.tensor([c.lr for c in cfgs], **f64)
+        warmup = self.cfgs[0].warmup_steps
+        # the warm-up in the per-member path's arithmetic (Python floats)
+        self._warmup_lr = torch.tensor([[lr_at(c, s) for c in cfgs] for s in range(warmup)], **f64)
+        self._class_wd = [
+            torch.tensor(
+                [c.weight_decay if sig[SCOPES.index(c.decay_scope)] else 0.0 for c in cfgs], **f64
+            )
+            for _, _, sig in self._classes
+        ]
+        self._class_decays = [
+            any(c.weight_decay and sig[SCOPES.index(c.decay_scope)] for c in cfgs)
+            for _, _, sig in self._classes
+        ]
+        self._dropout = (
+            MemberDropout([c.dropout for c in cfgs], [self.dropout_rng[i] for i in active])
+            if active and any(c.dropout > 0 for c in cfgs)
+            else None
+        )
+        self._ortho_rows = self._rows_where(lambda c: c.orthogonal_grad)
+        self._norm_rows = self._rows_where(lambda c: c.fixed_weight_norm)
+        # Grokfast: one filter per distinct setting over a block of rows (elementwise: each
+        # member's own)
+        groups: dict[tuple, list[int]] = {}
+        for i in active:
+            if self.cfgs[i].grad_filter != "none":
+                groups.setdefault(self._filter_key(i), []).append(i)
+        self._filter_groups = groups
+        for key in list(self._filters):
+            if key not in groups:
+                del self._filters[key]
+        for key in groups:
+            if key not in self._filters:
+                self._filters[key] = self._new_filter(self.cfgs[groups[key][0]])
+        self._eval_cache: dict[str, _Stacked] = {}
+
+    def _rows_where(self, pred: Callable[[TrainConfig], bool]) -> torch.Tensor | None:
+        """Stack rows of the active members for which ``pred`` holds; None for all of them."""
+        rows = [r for r, i in enumerate(self.active) if pred(self.cfgs[i])]
+        if len(rows) == len(self.active):
+            return None
+        return torch.tensor(rows, dtype=torch.long, device=self.device)
+
+    def _filter_key(self, i: int) -> tuple:
+        cfg = self.cfgs[i]
+        return (cfg.grad_filter, *(getattr(cfg, n) for n in FILTER_READS[cfg.grad_filter]))
+
+    @staticmethod
+    def _new_filter(cfg: TrainConfig) -> remedies.GrokfastEMA | remedies.GrokfastMA:
+        if cfg.grad_filter == "ema":
+            return remedies.GrokfastEMA(cfg.grokfast_alpha, cfg.grokfast_lamb)
+        return remedies.GrokfastMA(cfg.grokfast_window, cfg.grokfast_lamb)
+
+    # --- a step -----------------------------------------------------------------------------------
+    def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each active member's batch, the one it would draw alone: (K, B, T) and (K, B, P)."""
+        pop = self.pop
+        if pop.infinite:
+            batches = [pop.stream_batch(i) for i in self.active]
+            xs, ys = [b.x for b in batches], [b.y for b in batches]
+            return torch.stack(xs).to(self.device), torch.stack(ys).to(self.device)
+        rows = []
+        for i in self.active:
+            drawn, offset = pop.batch_rows(i), self._offsets[i]
+            if drawn is None:  # the whole set, in its order
+                rows.append(torch.arange(offset, offset + len(pop.train[i])))
+            else:
+                rows.append(drawn + offset)
+        idx = torch.stack(rows)
+        if self.device.type == "cuda":
+            idx = idx.pin_memory()
+        idx = idx.to(self.device, non_blocking=True)
+        return self._train_x[idx], self._train_y[idx]
+
+    def train_step(self, step: int) -> None:
+        x, y = self._batch()
+        flat = self._flat
+        K = flat.shape[0]
+        size = min(self.chunk or K, K)
+        grads = []
+        for a in range(0, K, size):
+            # a leaf over these members' rows: their gradient, apart from the weights
+            rows = flat[a : a + size].requires_grad_(True)
+            drop = self._dropout.rows(a, a + size) if self._dropout else None
+            logits = self.forward(self._views(rows), x[a : a + size], drop)
+            if size == 1:  # the loss of one run as the per-member path takes it
+                loss = self._member_loss_fn(logits[0], y[a])
+            else:  # the sum's gradient is each member's own: a NaN stays in its member's row
+                loss = self._loss_fn(logits, y[a : a + size]).sum()
+            loss.backward()
+            assert rows.grad is not None
+            grads.append(rows.grad)
+        grad = grads[0] if len(grads) == 1 else torch.cat(grads)
+        with torch.no_grad():
+            self._filter(grad)
+            if any(self.cfgs[i].orthogonal_grad for i in self.active):
+                self._orthogonalize(grad)
+            self._adam(step, flat, grad)
+            if any(self.cfgs[i].fixed_weight_norm for i in self.active):
+                self._fix_norm(flat)
+
+    def _filter(self, grad: torch.Tensor) -> None:
+        row_of = {i: r for r, i in enumerate(self.active)}
+        for key, members in self._filter_groups.items():
+            apply = self._filters[key]
+            if len(members) == len(self.active):
+                apply([SimpleNamespace(grad=grad)])
+            else:
+                rows = torch.tensor([row_of[i] for i in members], device=self.device)
+                sub = SimpleNamespace(grad=grad.index_select(0, rows))
+                apply([sub])
+                grad.index_copy_(0, rows, sub.grad)
+
+    def _orthogonalize(self, grad: torch.Tensor) -> None:
+        rows, w = self._ortho_rows, self._flat
+        g = grad if rows is None else grad.index_select(0, rows)
+        w = w if rows is None else w.index_select(0, rows)
+        # per parameter tensor and member, as ⊥Grad on each of a model's tensors
+        slots = [
+            SimpleNamespace(grad=gc, detach=lambda wc=wc: wc)
+            for wc, gc in zip(self._chunks(w), self._chunks(g), strict=True)
+        ]
+        remedies.orthogonalize_grads_(slots, member_dim=0)
+        if rows is not None:
+            grad.index_copy_(0, rows, g)
+
+    def _fix_norm(self, flat: torch.Tensor) -> None:
+        rows = self._norm_rows
+        w = flat if rows is None else flat.index_select(0, rows)
+        target = self._target_norm if rows is None else self._target_norm.index_select(0, rows)
+        remedies.fix_weight_norm_(self._chunks(w), target, member_dim=0)
+        if rows is not None:
+            flat.index_copy_(0, rows, w)
+
+    def _adam(self, step: int, p: torch.Tensor, g: torch.Tensor) -> None:
+        """The fused AdamW kernel's formulas (or Adam with L2 decay) over the whole (K, n_params)
+        buffer at once: a dozen launches for any K, each member's lr and decay a column."""
+        self._adam_steps += 1
+        cfg = self.cfgs[0]
+        t = self._adam_steps
+        lr = self._warmup_lr[step] if step < cfg.warmup_steps else self._lr
+        bias1 = 1 - cfg.beta1**t
+        bias2_sqrt = math.sqrt(1 - cfg.beta2**t)
+        for (a, b, _), wd, decays in zip(
+            self._classes, self._class_wd, self._class_decays, strict=True
+        ):
+            if not decays:
+                continue
+            if cfg.optimizer == "adamw":  # decoupled: p ← p·(1 − lr·wd)
+                p[:, a:b].mul_((1 - lr * wd).float().unsqueeze(1))
+            else:  # L2 in the gradient: g ← g + wd·p
+                g[:, a:b].addcmul_(p[:, a:b], wd.float().unsqueeze(1))
+        self._exp_avg.lerp_(g, 1 - cfg.beta1)
+        self._exp_avg_sq.mul_(cfg.beta2).addcmul_(g, g, value=1 - cfg.beta2)
+        denom = self._exp_avg_sq.sqrt().div_(bias2_sqrt).add_(cfg.adam_eps)
+        step_size = (-(lr / bias1)).float().unsqueeze(1)
+        p.add_(self._exp_avg.mul(step_size).div_(denom))
+
+    # --- evaluation -------------------------------------------------------------------------------
+    def _eval_data(self, which: str) -> _Stacked:
+        if which not in self._eval_cache:
+            splits = self.pop.train if which == "train" else self.pop.val
+            self._eval_cache[which] = _stack_splits([splits[i] for i in self.active], self.device)
+        return self._eval_cache[which]
+
+    def _logits(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """The model on every member's rows, ``chunk`` members at a time."""
+        K = x.shape[0]
+        size = min(self.chunk or K, K)
+        if size == K:
+            return self.forward(params, x)
+        return torch.cat(
+            [
+                self.forward({n: p[a : a + size] for n, p in params.items()}, x[a : a + size])
+                for a in range(0, K, size)
+            ]
+        )
+
+    @torch.inference_mode()
+    def _split_metrics(
+        self, params: dict[str, torch.Tensor], data: _Stacked, prefix: str, collapse: bool
+    ) -> list[dict[str, float]]:
+        """``metrics.evaluate`` for every active member at once, each on its own split: the
+        same chunks of EVAL_CHUNK rows, the same sums over the padded rows at once (the same
+        up to rounding), padding rows counted nowhere."""
+        layout = self.pop.layout
+        K, N, P = data.y.shape
+        n_rows = data.n.tolist()
+        loss_sum = torch.zeros(K, P, dtype=torch.float64)
+        correct, counted = torch.zeros_like(loss_sum), torch.zeros_like(loss_sum)
+        rows_right = torch.zeros(K, dtype=torch.float64)
+        collapsed, gap = torch.zeros_like(rows_right), torch.zeros_like(rows_right)
+        for start in range(0, N, m.EVAL_CHUNK):
+            x, y = data.x[:, start : start + m.EVAL_CHUNK], data.y[:, start : start + m.EVAL_CHUNK]
+            logits = self._logits(params, x)  # (K, c, P, classes)
+            valid = y != IGNORE
+            losses = F.cross_entropy(
+                logits.flatten(0, 2).float(), y.flatten(), ignore_index=IGNORE, reduction="none"
+            ).view_as(y)
+            right = (logits.argmax(dim=-1) == y) & valid
+            real = torch.arange(start, start + y.shape[1], device=self.device) < data.n[:, None]
+            correct += right.sum(dim=1).double().cpu()
+            counted += valid.sum(dim=1).double().cpu()
+            rows_right += ((right | ~valid).all(dim=2) & real).sum(dim=1).double().cpu()
+            loss_sum += losses.sum(dim=1).double().cpu()
+            if collapse:
+                flags, gaps = _collapsed_and_gaps(logits)
+                collapsed += (flags & valid).sum(dim=(1, 2)).double().cpu()
+                gap += torch.where(valid, gaps, 0.0).sum(dim=(1, 2)).cpu()
+        out = []
+        for k in range(K):
+            total = float(counted[k].sum())
+            rec = {
+                f"{prefix}_acc": float(rows_right[k]) / n_rows[k]
+                if layout.exact_match
+                else float(correct[k].sum()) / total,
+                f"{prefix}_loss": float(loss_sum[k].sum()) / total,
+            }
+            for j, name in enumerate(layout.position_names):
+                n = float(counted[k, j]) or math.nan
+                rec[m.position_metric(f"{prefix}_acc", name)] = float(correct[k, j]) / n
+                rec[m.position_metric(f"{prefix}_loss", name)] = float(loss_sum[k, j]) / n
+            if collapse:
+                rec[m.SOFTMAX_COLLAPSE] = float(collapsed[k]) / total
+                rec[m.LOGIT_GAP] = float(gap[k]) / total
+            out.append(rec)
+        return out
+
+    def _member_module(self, params: dict[str, torch.Tensor], row: int) -> Transformer:
+        """A Transformer whose parameters are views of one member's weights: what the task's
+        measures read (built once, no copy per member)."""
+        if self._shell is None:
+            shell, _ = initial_model(self.cfgs[0], self.pop.layout)
+            self._shell = shell.to(self.device)
+        for name, param in self._shell.named_parameters():
+            param.data = params[name][row]
+        return self._shell
+
+    def evaluate(self, step: int) -> list[Record]:
+        """Each active member's measures of both splits, weight norm, task measures and lr."""
+        # weights that require grad, as a model's parameters do: F.linear picks its kernel by it
+        params = self._views(self._flat.detach().requires_grad_(True))
+        train = self._split_metrics(params, self._eval_data("train"), "train", collapse=True)
+        val = self._split_metrics(params, self._eval_data("val"), "val", collapse=False)
+        out = []
+        with torch.no_grad():  # a member's norm and measures: on a module of its weights
+            for r, i in enumerate(self.active):
+                module = self._member_module(params, r)
+                record: Record = {**train[r], **val[r], m.WEIGHT_NORM: m.weight_norm(module)}
+                record |= self.pop.tasks[i].measures(module)
+                # the lr of the member's last step, as its optimizer would show it
+                record[m.LR] = self.cfgs[i].lr if step == 0 else lr_at(self.cfgs[i], step - 1)
+                out.append(record)
+        return out
+
+    def retire(self, done: list[int]) -> None:
+        """Members that ended leave the stack; their final weights are kept."""
+        flat = self._flat
+        for r, i in enumerate(self.active):
+            if i in done:
+                self._retired[i] = flat[r].clone()
+        keep = [r for r, i in enumerate(self.active) if i not in done]
+        rows = torch.tensor(keep, dtype=torch.long, device=self.device)
+        for key, members in self._filter_groups.items():
+            kept = [j for j, i in enumerate(members) if i not in done]
+            if kept and len(kept) < len(members):
+                f = self._filters[key]
+                f.load_state_dict(
+                    _slice_filter_state(f.state_dict(), torch.tensor(kept, device=self.device))
+                )
+        self._flat = flat.index_select(0, rows)
+        self._exp_avg = self._exp_avg.index_select(0, rows)
+        self._exp_avg_sq = self._exp_avg_sq.index_select(0, rows)
+        self._target_norm = self._target_norm.index_select(0, rows)
+        self._set_active([self.active[r] for r in keep])
+
+    # --- members ----------------------------------------------------------------------------------
+    def member_state_dict(self, i: int) -> dict[str, torch.Tensor]:
+        """Member i's weights, loadable into its model (``member.initial_model``)."""
+        row = self._retired[i]
+        if row is None:
+            row = self._flat[self.active.index(i)]
+        return {
+            n: row[self._slots[n].start : self._slots[n].stop].view(self._slots[n].shape).clone()
+            for n in self._names
+        }
+
+    # --- checkpoints ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything but the weights (the population saves each member's as its model's)."""
+        return {
+            "active": list(self.active),
+            "exp_avg": self._exp_avg.clone(),
+            "exp_avg_sq": self._exp_avg_sq.clone(),
+            "adam_steps": self._adam_steps,
+            "target_norm": self._target_norm.clone(),
+            "filters": [
+                {"members": list(members), "state": _clone(self._filters[key].state_dict())}
+                for key, members in self._filter_groups.items()
+            ],
+            "dropout_rng": [g.get_state() for g in self.dropout_rng],
+        }
+
+    def load_state_dict(
+        self, state: dict[str, Any], weights: list[dict[str, torch.Tensor]], active: list[int]
+    ) -> None:
+        dev = self.device
+        if list(state["active"]) != active:
+            raise ValueError("checkpoint's stacked members do not match its active members")
+        rows = [self._row(w).to(dev) for w in weights]
+        self._flat = torch.stack([rows[i] for i in active]) if active else self._flat[:0]
+        self._retired = [None if i in active else rows[i] for i in range(len(rows))]
+        self._exp_avg = state["exp_avg"].to(dev).clone()
+        self._exp_avg_sq = state["exp_avg_sq"].to(dev).clone()
+        self._adam_steps = state["adam_steps"]
+        self._target_norm = state["target_norm"].to(dev).clone()
+        self._filters = {}
+        self._set_active(list(state["active"]))
+        for saved in state["filters"]:
+            key = self._filter_key(saved["members"][0])
+            if self._filter_groups.get(key) != list(saved["members"]):
+                raise ValueError("checkpoint's filter groups do not match its members")
+            self._filters[key].load_state_dict(saved["state"])
+        # generator states are CPU byte tensors, wherever map_location put them
+        for g, s in zip(self.dropout_rng, state["dropout_rng"], strict=True):
+            g.set_state(s.cpu())
+
+
+def _slice_filter_state(state: dict[str, Any], keep: torch.Tensor) -> dict[str, Any]:
+    """A Grokfast filter's state restricted to the members ``keep`` (rows of its block): μ and
+    the MA's running sum have the member axis first, its ring buffer second."""
+    out = dict(state)
+    for key, dim in (("mu", 0), ("sum", 0), ("buffer", 1)):
+        if key in state:
+            out[key] = [None if t is None else t.index_select(dim, keep) for t in state[key]]
+    return out
+
+
+def _clone(state: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: [t.clone() if isinstance(t, torch.Tensor) else t for t in v]
+        if isinstance(v, list)
+        else v
+        for k, v in state.items()
+    }
