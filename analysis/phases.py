@@ -42,7 +42,7 @@ from analysis.common import (
     title,
 )
 from grok_tune import metrics as m
-from grok_tune.config import GROKFAST_SETTINGS, REMEDY_SETTINGS
+from grok_tune.remedies import ALL_REMEDY_SETTINGS
 from grok_tune.study_files import TRIAL_ID
 
 TASK = "task"
@@ -150,7 +150,7 @@ def _row_label(study: Study, trial: pd.Series) -> str:
     """The trial's varying settings, its remedies in words (analysis.remedies) when they vary."""
     from analysis.remedies import remedy_name, varies_remedies
 
-    remedy = {*REMEDY_SETTINGS, *GROKFAST_SETTINGS}
+    remedy = set(ALL_REMEDY_SETTINGS)
     varying = [c for c in study.distinguishing() if c != TASK and c not in remedy]
     parts = [remedy_name(trial)] if varies_remedies(study) else []
     parts.append(describe_settings(trial, varying))

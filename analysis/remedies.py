@@ -34,28 +34,12 @@ from analysis.common import (
 )
 from analysis.fraction_curve import censored_median
 from grok_tune import metrics as m
-from grok_tune.config import REMEDY_SETTINGS
+from grok_tune.remedies import REMEDY_SETTINGS, remedy_name
 
 REMEDY = "remedy"
 WEIGHT_DECAY = "weight_decay"
 MEMORIZE_COLOR, GENERALIZE_COLOR = "#e66101", "#5e3c99"
 CENSORED_BAND = 1.5
-
-
-def remedy_name(row: pd.Series) -> str:
-    """A trial's remedies in words: 'baseline', 'grokfast ema', 'stablemax + ⊥grad', ..."""
-    parts = []
-    if row.get("grad_filter") not in (None, "none") and not pd.isna(row.get("grad_filter")):
-        parts.append(f"grokfast {row['grad_filter']}")
-    if row.get("loss") == "stablemax":
-        parts.append("stablemax")
-    elif row.get("loss_dtype") == "float64":
-        parts.append("float64 loss")
-    if row.get("orthogonal_grad") is True or row.get("orthogonal_grad") == 1:
-        parts.append("⊥grad")
-    if row.get("fixed_weight_norm") is True or row.get("fixed_weight_norm") == 1:
-        parts.append("fixed norm")
-    return " + ".join(parts) or "baseline"
 
 
 def varies_remedies(study: Study) -> bool:

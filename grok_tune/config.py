@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from grok_tune.metrics import ACCURACY_THRESHOLD
 from grok_tune.presets import PRESET_NAMES, PRESETS, preset_settings
+from grok_tune.remedies import SETTINGS_MODELS, remedy_defaults, unread_settings
 from grok_tune.tasks import INFINITE, TASK_NAMES, task_class, task_settings
 from grok_tune.tasks.tables import OPERATIONS, P_MAX
 
@@ -89,15 +90,6 @@ def _kind_word(kinds: set[type]) -> str:
     return "number" if float in kinds else "name"
 
 
-GROKFAST_SETTINGS = ("grokfast_alpha", "grokfast_lamb", "grokfast_window")
-# the settings that switch a remedy on (grok_tune/remedies.py), in the order they are named
-REMEDY_SETTINGS = ("grad_filter", "loss", "loss_dtype", "orthogonal_grad", "fixed_weight_norm")
-# the Grokfast settings each filter reads
-FILTER_READS: dict[str, tuple[str, ...]] = {
-    "none": (),
-    "ema": ("grokfast_alpha", "grokfast_lamb"),
-    "ma": ("grokfast_window", "grokfast_lamb"),
-}
 # The settings only one architecture reads: given at a value of their own for the other, they
 # are refused; unread, they are None in a run's record (``used``).
 ARCHITECTURE_SETTINGS: dict[str, tuple[str, ...]] = {
@@ -120,23 +112,9 @@ ARCHITECTURE_INITS = {
     "mlp": ("pytorch", "uniform_embeddings"),
 }
 
-# Lee et al.'s λ: 2 for the EMA filter, 5 for the MA filter
-GROKFAST_LAMB = {"ema": 2.0, "ma": 5.0}
-# Prieto et al. computed StableMax in float64; cross-entropy is float32 unless asked
-LOSS_DTYPE = {"cross_entropy": "float32", "stablemax": "float64"}
 
-
-def _remedy_defaults(data: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if data.get("grad_filter") in GROKFAST_LAMB:
-        out["grokfast_lamb"] = GROKFAST_LAMB[data["grad_filter"]]
-    if data.get("loss", "cross_entropy") in LOSS_DTYPE:
-        out["loss_dtype"] = LOSS_DTYPE[data.get("loss", "cross_entropy")]
-    return out
-
-
-class TrainConfig(BaseModel):
-    """Every knob of one run: the same names in study files, the CLI, Parquet and TensorBoard."""
+class _RunSettings(BaseModel):
+    """Every knob of one run but the remedies' (``TrainConfig`` adds theirs)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -251,27 +229,6 @@ class TrainConfig(BaseModel):
         "uniform_embeddings: the MLP's embeddings U(-1/2, 1/2), the rest PyTorch's (Liu et al.)",
     )
     init_scale: float = Field(1.0, gt=0, description="multiplies every initial weight (Omnigrok)")
-    # remedies (grok_tune/remedies.py): all off by default
-    grad_filter: Literal["none", "ema", "ma"] = Field(
-        "none", description="Grokfast: amplify the gradients' slow part (Lee et al. 2024)"
-    )
-    grokfast_alpha: float = Field(0.98, ge=0, lt=1, description="EMA filter's momentum α")
-    grokfast_lamb: float | None = Field(
-        None, ge=0, description="amplification λ; unset: the filter's default (EMA 2, MA 5)"
-    )
-    grokfast_window: int = Field(100, ge=1, description="MA filter's window w")
-    loss: Literal["cross_entropy", "stablemax"] = Field(
-        "cross_entropy", description="StableMax: Prieto et al. 2025"
-    )
-    loss_dtype: Literal["float32", "float64"] | None = Field(
-        None, description="where the loss is computed; unset: cross_entropy 32, stablemax 64"
-    )
-    orthogonal_grad: bool = Field(
-        False, description="⊥Grad: drop each gradient's component along its weights"
-    )
-    fixed_weight_norm: bool = Field(
-        False, description="hold the total weight norm at its initial value (Omnigrok)"
-    )
     threshold: float = Field(
         ACCURACY_THRESHOLD,
         gt=0,
@@ -304,7 +261,7 @@ class TrainConfig(BaseModel):
         name = data.get("task", "table")
         if name not in TASK_NAMES:
             return data  # the field's own check names it
-        defaults = {**task_class(name).defaults(), **_remedy_defaults(data)}
+        defaults = {**task_class(name).defaults(), **remedy_defaults(data)}
         filled = {k: v for k, v in defaults.items() if data.get(k) is None}
         return {**data, **filled}
 
@@ -375,10 +332,18 @@ class TrainConfig(BaseModel):
         when it is off, are None (blank in Parquet, absent from TensorBoard's hparams)."""
         own = set(task_settings()[self.task])
         unused = {n for names in task_settings().values() for n in names} - own
-        unused |= set(GROKFAST_SETTINGS) - set(FILTER_READS[self.grad_filter])
+        unused |= unread_settings(self)
         unused |= self._unread_model_settings()
         return {k: (None if k in unused else v) for k, v in self.model_dump().items()}
 
     @property
     def infinite_data(self) -> bool:
         return self.train_size == INFINITE
+
+
+class TrainConfig(*reversed(SETTINGS_MODELS), _RunSettings):  # type: ignore[misc]
+    """Every knob of one run: the same names in study files, the CLI, Parquet and TensorBoard.
+    The remedies' settings come from their registry entries (grok_tune/remedies/), after the
+    others (pydantic orders the fields of the last base first)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)

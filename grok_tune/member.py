@@ -3,7 +3,7 @@ layout, its optimizer, its loss and its remedies at the loop's seams, its warm-u
 
 A ``Member`` is the run as PyTorch writes it: an ``nn.Module``, a fused AdamW (or Adam with L2
 decay) over the model's parameter groups, and the seams a remedy attaches to
-(grok_tune/remedies.py)::
+(grok_tune/remedies/)::
 
     batch -> loss_fn(logits, targets) -> backward -> grad_hooks (gradient remedies) -> optimizer
           -> step_hooks (weight-norm control)
@@ -24,9 +24,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from grok_tune import remedies
 from grok_tune.config import TrainConfig
 from grok_tune.model import Model, ModelConfig, build_model
+from grok_tune.remedies import REMEDIES
 from grok_tune.tasks import IGNORE, Layout, Split
 
 Record = dict[str, Any]
@@ -69,11 +69,11 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def loss_function(cfg: TrainConfig) -> LossFn:
-    """The run's training loss on (B, P, classes) logits: cross-entropy, or the remedy's."""
-    if (cfg.loss, cfg.loss_dtype) == ("cross_entropy", "float32"):
-        return cross_entropy
-    loss = remedies.loss_function(cfg.loss, cfg.loss_dtype, ignore_index=IGNORE)
-    return lambda logits, y: loss(logits.flatten(0, 1), y.flatten())
+    """The run's training loss on (B, P, classes) logits: cross-entropy, or a remedy's."""
+    for remedy in REMEDIES:
+        if remedy.seam == "loss" and remedy.on(cfg):
+            return remedy.attach("member")(cfg)
+    return cross_entropy
 
 
 def lr_at(cfg: TrainConfig, step: int, lr: float | None = None) -> float:
@@ -123,20 +123,13 @@ class Member:
         # each group's own lr (the embeddings' may differ): what warm-up scales
         self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
         self.loss_fn: LossFn = loss_function(cfg)
+        # the remedies at their seams, in the registry's order (grok_tune/remedies/)
         self.grad_hooks: list[ParamsHook] = []
         self.step_hooks: list[ParamsHook] = []
-        # a filter first, then ⊥Grad on what the optimizer will see (Prieto et al. wrap the
-        # whole optimizer step)
-        if cfg.grad_filter == "ema":
-            self.grad_hooks.append(remedies.GrokfastEMA(cfg.grokfast_alpha, cfg.grokfast_lamb))
-        elif cfg.grad_filter == "ma":
-            self.grad_hooks.append(remedies.GrokfastMA(cfg.grokfast_window, cfg.grokfast_lamb))
-        if cfg.orthogonal_grad:
-            self.grad_hooks.append(remedies.orthogonalize_grads_)
-        if cfg.fixed_weight_norm:
-            # Omnigrok holds the norm where initialisation put it (init_scale sets that)
-            target = remedies.total_norm(self.params)
-            self.step_hooks.append(lambda ps: remedies.fix_weight_norm_(ps, target))
+        for remedy in REMEDIES:
+            if remedy.seam != "loss" and remedy.on(cfg):
+                hooks = self.grad_hooks if remedy.seam == "grad" else self.step_hooks
+                hooks.append(remedy.attach("member")(cfg, self.params))
 
     def train_step(self, step: int, batch: Split) -> None:
         """Step ``step`` (from 0) on ``batch``."""

@@ -135,7 +135,6 @@ def evaluate(
     import torch
     import torch.nn.functional as F
 
-    from grok_tune.remedies import logit_gap, softmax_collapse
     from grok_tune.tasks import IGNORE
 
     P = layout.n_predict
@@ -221,3 +220,37 @@ def objective(
     if status == Status.DIVERGED or not math.isfinite(best_val_acc):
         return 2.0 * budget
     return budget * (2.0 - best_val_acc)
+
+
+# --- Softmax Collapse (Prieto et al. 2025) ---------------------------------------------------
+def softmax_collapse(logits: torch.Tensor, dtype: torch.dtype | None = None) -> float:
+    """Share of rows whose softmax has collapsed in ``dtype`` (default float32):
+    ``Σ exp(z − max z) == 1`` exactly.
+
+    If the argmax is the target, such a row's loss is exactly 0 and so is the gradient of the
+    argmax logit; the others get exp(−gap) each: learning from the row stops (Prieto et al.'s
+    Softmax Collapse, measured as their logger does). This describes the
+    logits whatever loss is used: with float64 or StableMax the loss itself has not collapsed.
+    """
+    import torch
+
+    with torch.inference_mode():
+        z = logits.detach().to(dtype or torch.float32).reshape(-1, logits.shape[-1])
+        sum_exp = torch.exp(z - z.amax(dim=1, keepdim=True)).sum(dim=1)
+        return float((sum_exp == 1).float().mean())
+
+
+def logit_gap(logits: torch.Tensor) -> float:
+    """Mean over rows of (largest − second largest logit): the logit scale behind the collapse.
+
+    1 + exp(−gap) rounds to 1 in float32 once exp(−gap) < 2⁻²⁴, i.e. a gap above about 16.6
+    when the other terms are added to 1 one at a time, and up to ln(C − 1) more (about 21 for
+    C ≈ 100) when the reduction sums the small terms first: so a gap of about 17-21 collapses.
+    """
+    import torch
+
+    if logits.shape[-1] < 2:
+        raise ValueError("logit_gap needs at least 2 classes")
+    with torch.inference_mode():
+        top = logits.detach().reshape(-1, logits.shape[-1]).topk(2, dim=1).values
+        return float((top[:, 0] - top[:, 1]).double().mean())

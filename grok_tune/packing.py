@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from grok_tune.config import INFINITE_BATCH, TrainConfig
+from grok_tune.remedies import REMEDIES
 from grok_tune.tasks.tables import table_size
 
 # What a study varies per trial; every other setting fixes a shape or the schedule and is shared.
@@ -18,10 +19,10 @@ from grok_tune.tasks.tables import table_size
 MAY_DIFFER = frozenset(
     {
         "seed", "frac", "lr", "weight_decay", "decay_scope", "dropout", "init_scale",
-        "batch_size", "grad_filter", "grokfast_alpha", "grokfast_lamb", "grokfast_window",
-        "orthogonal_grad", "fixed_weight_norm", "threshold", "stop_after_generalized",
-        "confusion_step",
+        "batch_size", "threshold", "stop_after_generalized", "confusion_step",
         "preset",  # a label: the settings it fills are compared one by one
+        # each remedy's settings, where its registry entry says members may differ in them
+        *(name for remedy in REMEDIES if remedy.may_differ for name in remedy.fields),
     }
 )  # fmt: skip
 # settings the stacked path (grok_tune/stacked.py) does not implement: at any other value, a
@@ -67,6 +68,7 @@ def why_not_stacked(cfgs: Sequence[TrainConfig]) -> str | None:
     member), or None."""
     for cfg in cfgs:
         unknown = [name for name, plain in NOT_STACKED.items() if getattr(cfg, name) != plain]
+        unknown += [r.switch for r in REMEDIES if r.stacked is None and r.on(cfg)]
         if unknown:
             return f"it does not know {', '.join(f'{n} {getattr(cfg, n)!r}' for n in unknown)}"
     return None

@@ -29,17 +29,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, get_args
+from typing import TYPE_CHECKING, Any, Protocol, get_args
 
 import torch
 import torch.nn.functional as F
 
 from grok_tune import metrics as m
-from grok_tune import remedies
-from grok_tune.config import FILTER_READS, DecayScope, TrainConfig
+from grok_tune.config import DecayScope, TrainConfig
 from grok_tune.member import Record, initial_model, loss_function, lr_at, model_config
 from grok_tune.model import ModelConfig, Transformer
+from grok_tune.remedies import REMEDIES
 from grok_tune.tasks import IGNORE, Split
 from grok_tune.tasks.streams import stream_key
 
@@ -290,8 +289,8 @@ def _stack_splits(splits: Sequence[Split], device: torch.device) -> _Stacked:
 
 
 def _collapsed_and_gaps(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row, ``remedies.softmax_collapse``'s test (float32 Σ exp(z − max z) == 1) and
-    ``remedies.logit_gap``'s top-two difference (float64): those measures before their mean,
+    """Per row, ``metrics.softmax_collapse``'s test (float32 Σ exp(z − max z) == 1) and
+    ``metrics.logit_gap``'s top-two difference (float64): those measures before their mean,
     so that each member's rows are counted apart."""
     z = logits.detach().float()
     collapsed = torch.exp(z - z.amax(dim=-1, keepdim=True)).sum(dim=-1) == 1
@@ -299,6 +298,20 @@ def _collapsed_and_gaps(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
         return collapsed, torch.zeros(z.shape[:-1], dtype=torch.float64, device=z.device)
     top = z.topk(2, dim=-1).values
     return collapsed, (top[..., 0] - top[..., 1]).double()
+
+
+class StackedPart(Protocol):
+    """A remedy's part of the stacked path (its registry entry names the class): built with the
+    stack and the members' initial models; told which members are active (``set_active``:
+    at the start, after members leave, after a load); called at its seam with the (K, row)
+    gradient and weights of the active members, changing them in place; told which members
+    leave before they do (``retire``); its state saved with the population."""
+
+    def set_active(self, active: list[int]) -> None: ...
+    def __call__(self, grad: torch.Tensor, flat: torch.Tensor) -> None: ...
+    def retire(self, done: list[int]) -> None: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 # --- the stacked members --------------------------------------------------------------------------
@@ -327,10 +340,6 @@ class Stack:
         self._exp_avg = torch.zeros_like(self._flat)
         self._exp_avg_sq = torch.zeros_like(self._flat)
         self._adam_steps = 0
-        # Omnigrok's target: each member's initial norm, computed as the per-member path does
-        self._target_norm = torch.stack(
-            [remedies.total_norm(list(model.parameters())) for model in models]
-        ).to(self.device)
         self._retired: list[torch.Tensor | None] = [None] * len(self.cfgs)
         # dropout's own stream per member, apart from the batch stream of the same seed
         self.dropout_rng = [
@@ -340,7 +349,13 @@ class Stack:
         self._member_loss_fn = loss_function(cfg0)
         self._loss_fn = torch.func.vmap(self._member_loss_fn)
         self._shell: Transformer | None = None
-        self._filters: dict[tuple, Any] = {}
+        # the remedies some member uses, each its part of the stacked path, in the registry's
+        # order (grok_tune/remedies/); members that do not use one are rows it leaves alone
+        self.parts: list[tuple[str, StackedPart]] = [
+            (remedy.seam, remedy.attach("stacked")(self, models))
+            for remedy in REMEDIES
+            if remedy.seam != "loss" and any(remedy.on(c) for c in self.cfgs)
+        ]
         self._set_active(list(range(len(self.cfgs))))
 
     # --- building ---------------------------------------------------------------------------------
@@ -396,14 +411,14 @@ class Stack:
             row[slot.start : slot.stop] = params[name].detach().reshape(-1).cpu()
         return row
 
-    def _chunks(self, t: torch.Tensor) -> list[torch.Tensor]:
+    def chunks(self, t: torch.Tensor) -> list[torch.Tensor]:
         """The (K, numel) columns of each parameter in ``t`` (K, row_length), in flat order: one
         split, whose backward is one cat."""
         return list(t.split(self._split, dim=1)[::2])
 
     def _views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         K = flat.shape[0]
-        chunks = self._chunks(flat)
+        chunks = self.chunks(flat)
         return {
             n: c.view(K, *self._slots[n].shape) for n, c in zip(self._order, chunks, strict=True)
         }
@@ -433,39 +448,16 @@ class Stack:
             if active and any(c.dropout > 0 for c in cfgs)
             else None
         )
-        self._ortho_rows = self._rows_where(lambda c: c.orthogonal_grad)
-        self._norm_rows = self._rows_where(lambda c: c.fixed_weight_norm)
-        # Grokfast: one filter per distinct setting over a block of rows (elementwise: each
-        # member's own)
-        groups: dict[tuple, list[int]] = {}
-        for i in active:
-            if self.cfgs[i].grad_filter != "none":
-                groups.setdefault(self._filter_key(i), []).append(i)
-        self._filter_groups = groups
-        for key in list(self._filters):
-            if key not in groups:
-                del self._filters[key]
-        for key in groups:
-            if key not in self._filters:
-                self._filters[key] = self._new_filter(self.cfgs[groups[key][0]])
         self._eval_cache: dict[str, _Stacked] = {}
+        for _, part in self.parts:
+            part.set_active(active)
 
-    def _rows_where(self, pred: Callable[[TrainConfig], bool]) -> torch.Tensor | None:
+    def rows_where(self, pred: Callable[[TrainConfig], bool]) -> torch.Tensor | None:
         """Stack rows of the active members for which ``pred`` holds; None for all of them."""
         rows = [r for r, i in enumerate(self.active) if pred(self.cfgs[i])]
         if len(rows) == len(self.active):
             return None
         return torch.tensor(rows, dtype=torch.long, device=self.device)
-
-    def _filter_key(self, i: int) -> tuple:
-        cfg = self.cfgs[i]
-        return (cfg.grad_filter, *(getattr(cfg, n) for n in FILTER_READS[cfg.grad_filter]))
-
-    @staticmethod
-    def _new_filter(cfg: TrainConfig) -> remedies.GrokfastEMA | remedies.GrokfastMA:
-        if cfg.grad_filter == "ema":
-            return remedies.GrokfastEMA(cfg.grokfast_alpha, cfg.grokfast_lamb)
-        return remedies.GrokfastMA(cfg.grokfast_window, cfg.grokfast_lamb)
 
     # --- a step -----------------------------------------------------------------------------------
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -508,45 +500,13 @@ class Stack:
             grads.append(rows.grad)
         grad = grads[0] if len(grads) == 1 else torch.cat(grads)
         with torch.no_grad():
-            self._filter(grad)
-            if any(self.cfgs[i].orthogonal_grad for i in self.active):
-                self._orthogonalize(grad)
+            for seam, part in self.parts:
+                if seam == "grad":
+                    part(grad, flat)
             self._adam(step, flat, grad)
-            if any(self.cfgs[i].fixed_weight_norm for i in self.active):
-                self._fix_norm(flat)
-
-    def _filter(self, grad: torch.Tensor) -> None:
-        row_of = {i: r for r, i in enumerate(self.active)}
-        for key, members in self._filter_groups.items():
-            apply = self._filters[key]
-            if len(members) == len(self.active):
-                apply([SimpleNamespace(grad=grad)])
-            else:
-                rows = torch.tensor([row_of[i] for i in members], device=self.device)
-                sub = SimpleNamespace(grad=grad.index_select(0, rows))
-                apply([sub])
-                grad.index_copy_(0, rows, sub.grad)
-
-    def _orthogonalize(self, grad: torch.Tensor) -> None:
-        rows, w = self._ortho_rows, self._flat
-        g = grad if rows is None else grad.index_select(0, rows)
-        w = w if rows is None else w.index_select(0, rows)
-        # per parameter tensor and member, as ⊥Grad on each of a model's tensors
-        slots = [
-            SimpleNamespace(grad=gc, detach=lambda wc=wc: wc)
-            for wc, gc in zip(self._chunks(w), self._chunks(g), strict=True)
-        ]
-        remedies.orthogonalize_grads_(slots, member_dim=0)
-        if rows is not None:
-            grad.index_copy_(0, rows, g)
-
-    def _fix_norm(self, flat: torch.Tensor) -> None:
-        rows = self._norm_rows
-        w = flat if rows is None else flat.index_select(0, rows)
-        target = self._target_norm if rows is None else self._target_norm.index_select(0, rows)
-        remedies.fix_weight_norm_(self._chunks(w), target, member_dim=0)
-        if rows is not None:
-            flat.index_copy_(0, rows, w)
+            for seam, part in self.parts:
+                if seam == "step":
+                    part(grad, flat)
 
     def _adam(self, step: int, p: torch.Tensor, g: torch.Tensor) -> None:
         """The fused AdamW kernel's formulas (or Adam with L2 decay) over the whole (K, n_params)
@@ -677,17 +637,11 @@ class Stack:
                 self._retired[i] = flat[r].clone()
         keep = [r for r, i in enumerate(self.active) if i not in done]
         rows = torch.tensor(keep, dtype=torch.long, device=self.device)
-        for key, members in self._filter_groups.items():
-            kept = [j for j, i in enumerate(members) if i not in done]
-            if kept and len(kept) < len(members):
-                f = self._filters[key]
-                f.load_state_dict(
-                    _slice_filter_state(f.state_dict(), torch.tensor(kept, device=self.device))
-                )
+        for _, part in self.parts:
+            part.retire(done)
         self._flat = flat.index_select(0, rows)
         self._exp_avg = self._exp_avg.index_select(0, rows)
         self._exp_avg_sq = self._exp_avg_sq.index_select(0, rows)
-        self._target_norm = self._target_norm.index_select(0, rows)
         self._set_active([self.active[r] for r in keep])
 
     # --- members ----------------------------------------------------------------------------------
@@ -709,11 +663,7 @@ class Stack:
             "exp_avg": self._exp_avg.clone(),
             "exp_avg_sq": self._exp_avg_sq.clone(),
             "adam_steps": self._adam_steps,
-            "target_norm": self._target_norm.clone(),
-            "filters": [
-                {"members": list(members), "state": _clone(self._filters[key].state_dict())}
-                for key, members in self._filter_groups.items()
-            ],
+            "remedies": [part.state_dict() for _, part in self.parts],
             "dropout_rng": [g.get_state() for g in self.dropout_rng],
         }
 
@@ -729,33 +679,9 @@ class Stack:
         self._exp_avg = state["exp_avg"].to(dev).clone()
         self._exp_avg_sq = state["exp_avg_sq"].to(dev).clone()
         self._adam_steps = state["adam_steps"]
-        self._target_norm = state["target_norm"].to(dev).clone()
-        self._filters = {}
         self._set_active(list(state["active"]))
-        for saved in state["filters"]:
-            key = self._filter_key(saved["members"][0])
-            if self._filter_groups.get(key) != list(saved["members"]):
-                raise ValueError("checkpoint's filter groups do not match its members")
-            self._filters[key].load_state_dict(saved["state"])
+        for (_, part), saved in zip(self.parts, state["remedies"], strict=True):
+            part.load_state_dict(saved)
         # generator states are CPU byte tensors, wherever map_location put them
         for g, s in zip(self.dropout_rng, state["dropout_rng"], strict=True):
             g.set_state(s.cpu())
-
-
-def _slice_filter_state(state: dict[str, Any], keep: torch.Tensor) -> dict[str, Any]:
-    """A Grokfast filter's state restricted to the members ``keep`` (rows of its block): μ and
-    the MA's running sum have the member axis first, its ring buffer second."""
-    out = dict(state)
-    for key, dim in (("mu", 0), ("sum", 0), ("buffer", 1)):
-        if key in state:
-            out[key] = [None if t is None else t.index_select(dim, keep) for t in state[key]]
-    return out
-
-
-def _clone(state: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: [t.clone() if isinstance(t, torch.Tensor) else t for t in v]
-        if isinstance(v, list)
-        else v
-        for k, v in state.items()
-    }

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from grok_tune import metrics as m
 from grok_tune import remedies as r
 
 
@@ -222,8 +223,8 @@ def test_softmax_collapse_on_crafted_rows():
             [1.0, 1.0, 0.0, 0.0, 0.0],  # a tie: two terms of 1
         ]
     )
-    assert r.softmax_collapse(logits) == 0.5
-    assert r.softmax_collapse(logits, dtype=torch.float64) == 0.0
+    assert m.softmax_collapse(logits) == 0.5
+    assert m.softmax_collapse(logits, dtype=torch.float64) == 0.0
     # what "collapsed" means for training: the loss and the argmax logit's gradient are exactly
     # 0; the other logits get exp(-30) each
     row = logits[:1].clone().requires_grad_()
@@ -235,9 +236,9 @@ def test_softmax_collapse_on_crafted_rows():
 
 def test_logit_gap_is_the_mean_top_two_difference():
     logits = torch.tensor([[30.0, 0.0, 1.0], [5.0, 4.0, -2.0], [2.0, 2.0, 0.0]])
-    assert r.logit_gap(logits) == pytest.approx((29.0 + 1.0 + 0.0) / 3)
+    assert m.logit_gap(logits) == pytest.approx((29.0 + 1.0 + 0.0) / 3)
     with pytest.raises(ValueError):
-        r.logit_gap(torch.zeros(4, 1))
+        m.logit_gap(torch.zeros(4, 1))
 
 
 # --- resume and composition on a tiny model -------------------------------------------------
@@ -313,5 +314,5 @@ def test_all_remedies_together(make_filter):
         model, opt, 8, make_filter(), ortho=True, norm=target, loss_fn=r.loss_function("stablemax")
     )
     logits = model(X)
-    assert 0.0 <= r.softmax_collapse(logits) <= 1.0
-    assert math.isfinite(r.logit_gap(logits))
+    assert 0.0 <= m.softmax_collapse(logits) <= 1.0
+    assert math.isfinite(m.logit_gap(logits))
