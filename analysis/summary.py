@@ -16,7 +16,6 @@ import pandas as pd
 from analysis.common import (
     FRAC,
     LEARNED,
-    MODULUS,
     OP,
     SEED,
     AnalysisError,
@@ -30,7 +29,7 @@ from analysis.common import (
 from grok_tune import metrics as m
 from grok_tune.regions import REGION, REGIONS, TABLE_REGIONS, Region
 from grok_tune.study_files import SUMMARY_FILE, TRIAL_ID
-from grok_tune.tasks.tables import is_s5
+from grok_tune.tasks import task_class
 
 MAX_LISTED = 12  # fractions listed one by one per group; a sampled study has one per trial
 
@@ -49,12 +48,7 @@ def region_counts(study: Study) -> str:
 
 
 def _task(row: pd.Series) -> str:
-    task = row.get("task", "table")
-    if task == "addition":
-        return f"{row['digits']}-digit addition, train_size {fmt(row['train_size'])}"
-    if task == "repeated_subsequence":
-        return f"repeated subsequence, train_size {fmt(row['train_size'])}"
-    return str(row[OP]) if is_s5(str(row[OP])) else f"{row[OP]} mod {row[MODULUS]}"
+    return task_class(row.get("task") or "table").describe(row)
 
 
 def fastest_grok(study: Study) -> str:

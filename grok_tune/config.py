@@ -309,7 +309,7 @@ class _RunSettings(BaseModel):
             )
         if arch != "mlp":
             return
-        if self.task != "table":
+        if not task_class(self.task).fixed_operands:
             raise ValueError(
                 f"architecture mlp reads a table's two operands: task {self.task} has none "
                 "(use architecture transformer)"

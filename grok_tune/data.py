@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from grok_tune.cli import Parser
 from grok_tune.config import TrainConfig
-from grok_tune.tasks import INFINITE, task_settings
+from grok_tune.tasks import task_class, task_settings
 
 SETTINGS = ("task", *dict.fromkeys(n for names in task_settings().values() for n in names), "seed")
 
@@ -49,33 +49,7 @@ def build_parser() -> Parser:
 
 def rows(cfg: TrainConfig, stream_rows: int) -> Iterable[str]:
     """The task's data as CSV lines, header first."""
-    train_size = None if cfg.train_size == INFINITE else cfg.train_size
-    if cfg.task == "table":
-        from grok_tune.tasks.tables import csv_rows
-
-        return csv_rows(cfg.op, cfg.p, cfg.frac, cfg.seed)
-    if cfg.task == "addition":
-        from grok_tune.tasks.addition import csv_rows
-
-        return csv_rows(
-            digits=cfg.digits,
-            train_size=train_size,
-            val_size=cfg.val_size,
-            seed=cfg.seed,
-            stream_rows=stream_rows,
-        )
-    from grok_tune.tasks.repeated_subsequence import csv_rows
-
-    return csv_rows(
-        seq_len=cfg.seq_len,
-        sub_len=cfg.sub_len,
-        repeats=cfg.repeats,
-        vocab=cfg.vocab,
-        train_size=train_size,
-        val_size=cfg.val_size,
-        seed=cfg.seed,
-        stream_rows=stream_rows,
-    )
+    return task_class(cfg.task).csv_rows(cfg, stream_rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,14 +66,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.fail("; ".join(problems))
     if args.stream_rows < 1:
         parser.fail(f"--stream-rows {args.stream_rows}: must be at least 1")
-    fmt = args.format or ("table" if cfg.task == "table" else "csv")
-    if fmt == "table" and cfg.task != "table":
+    task = task_class(cfg.task)
+    fmt = args.format or ("table" if task.prints_table else "csv")
+    if fmt == "table" and not task.prints_table:
         parser.fail(f"--format table: only operation tables print as a table (task {cfg.task})")
     try:
         if fmt == "table":
-            from grok_tune.tasks.tables import print_table
-
-            print_table(cfg.op, cfg.p, cfg.frac, cfg.seed)
+            task.print_table(cfg)
         else:
             for line in rows(cfg, args.stream_rows):
                 sys.stdout.write(line + "\n")

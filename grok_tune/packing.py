@@ -12,7 +12,7 @@ from typing import Any
 
 from grok_tune.config import INFINITE_BATCH, TrainConfig
 from grok_tune.remedies import REMEDIES
-from grok_tune.tasks.tables import table_size
+from grok_tune.tasks import task_class
 
 # What a study varies per trial; every other setting fixes a shape or the schedule and is shared.
 # A setting added to TrainConfig is shared until it is listed here.
@@ -41,9 +41,7 @@ def training_examples(cfg: TrainConfig) -> int | None:
     """The size of the run's training set (None: infinite data), without building the data."""
     if cfg.infinite_data:
         return None
-    if cfg.task == "table":  # tables.split_mask's rule; Population checks it against the data
-        return round(cfg.frac * table_size(cfg.op, cfg.p))
-    return int(cfg.train_size)  # a generated task's size (its default filled in)
+    return task_class(cfg.task).training_examples(cfg)  # Population checks it against the data
 
 
 def effective_batch_size(cfg: TrainConfig) -> int:

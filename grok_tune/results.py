@@ -42,7 +42,7 @@ from grok_tune.regions import (
     trials_rule,
 )
 from grok_tune.study_files import CURVES_FILE, PHASES_FILE, TRIAL_ID, TRIALS_FILE
-from grok_tune.tasks import INFINITE
+from grok_tune.tasks import INFINITE, TASK_MEASURES
 
 PHASE_RULE = "phase_rule"
 # the columns of trials.parquet that phase_rows derives from the curves
@@ -61,8 +61,7 @@ _OUTCOME_COLUMNS: dict[str, pa.DataType] = {
     m.TRAIN_LOSS: pa.float64(),
     m.VAL_LOSS: pa.float64(),
     m.WEIGHT_NORM: pa.float64(),
-    m.FOURIER_SPARSITY: pa.float64(),
-    **{name: pa.float64() for name in m.NANDA_MEASURES},
+    **{name: pa.float64() for name in TASK_MEASURES},
     m.SOFTMAX_COLLAPSE: pa.float64(),
     m.LOGIT_GAP: pa.float64(),
     m.OBJECTIVE: pa.float64(),
@@ -105,7 +104,7 @@ CONFIG_SCHEMA = [(name, _arrow_type(f.annotation)) for name, f in TrainConfig.mo
 CONFIG_NAMES = [name for name, _ in CONFIG_SCHEMA]
 TRIALS_BASE = [(TRIAL_ID, pa.string()), *CONFIG_SCHEMA, *_OUTCOME_COLUMNS.items()]
 CURVES_BASE = [(TRIAL_ID, pa.string()), (m.STEP, pa.int64())] + [
-    (name, pa.float64()) for name in (*m.CURVE_METRICS, m.ELAPSED_S)
+    (name, pa.float64()) for name in (*m.CURVE_METRICS, *TASK_MEASURES, m.ELAPSED_S)
 ]
 # the columns every study has; a task with named positions adds its own after them
 TRIALS_SCHEMA = pa.schema(TRIALS_BASE)

@@ -38,6 +38,7 @@ from grok_tune.config import PACK, flat_settings
 from grok_tune.naming import differing_settings, member_dir, varying_settings
 from grok_tune.regions import REGION, REGIONS, classify_trials
 from grok_tune.study_files import TRIAL_ID
+from grok_tune.tasks import TASK_MEASURES
 
 if TYPE_CHECKING:
     import pyarrow.fs as pafs
@@ -51,7 +52,7 @@ OUTCOME_METRICS = (
 TABLE_METRICS = (
     m.STEPS_TO_GENERALIZE, m.STEPS_TO_MEMORIZE, m.VAL_ACC, m.TRAIN_ACC, m.OBJECTIVE,
     m.VAL_LOSS, m.TRAIN_LOSS, *m.PHASE_OUTCOMES, *m.NANDA_PHASES, m.WEIGHT_NORM,
-    m.FOURIER_SPARSITY, *m.NANDA_MEASURES, m.SOFTMAX_COLLAPSE, m.LOGIT_GAP,
+    *TASK_MEASURES, m.SOFTMAX_COLLAPSE, m.LOGIT_GAP,
 )  # fmt: skip
 # a session is written when its trial ends: it is never running
 SESSION_STATUSES = tuple(s.value for s in m.Status if s not in (m.Status.RUNNING, m.Status.PENDING))
@@ -72,7 +73,7 @@ class TrialLog:
         from torch.utils.tensorboard import SummaryWriter  # the trial's process has torch
 
         self.hparams = hparams
-        self.names = (*m.CURVE_METRICS, *m.position_metrics(positions))
+        self.names = (*m.CURVE_METRICS, *TASK_MEASURES, *m.position_metrics(positions))
         # purge_step hides what an earlier, interrupted attempt logged from the step this one
         # logs again: after its checkpoint, or everything when it starts over from step 0
         self.writer = SummaryWriter(str(log_dir), purge_step=resume_step)

@@ -15,6 +15,7 @@ from grok_tune import metrics as m
 from grok_tune.naming import TrialDirname, differing_settings, member_dir, varying_settings
 from grok_tune.regions import REGION
 from grok_tune.space import parse_spec
+from grok_tune.tasks import TASK_MEASURES
 from grok_tune.tensorboard_log import StudyLog
 
 SPEC = {
@@ -26,7 +27,7 @@ SPEC = {
 
 
 def test_every_metric_has_a_grouped_tag():
-    tags = [m.tensorboard_tag(n) for n in (*m.CURVE_METRICS, m.STEPS_TO_GENERALIZE)]
+    tags = [m.tensorboard_tag(n) for n in (*m.CURVE_METRICS, *TASK_MEASURES, m.STEPS_TO_GENERALIZE)]
     assert tags[:4] == ["acc/train", "loss/train", "acc/val", "loss/val"]
     assert m.tensorboard_tag("val_acc_digit3") == "acc/val_digit3"
     assert m.tensorboard_tag(m.WEIGHT_NORM) == "measures/weight_norm"

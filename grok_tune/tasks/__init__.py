@@ -2,7 +2,7 @@
 
 A task owns its vocabulary, its sequence layout, which positions are predicted, how examples
 are made, how training and validation data are chosen, and its own progress measures. The loop
-(grok_tune/train.py), the search service and analysis see only what is defined here:
+(grok_tune/population.py), the search service and analysis see only what is defined here:
 
 - ``Layout``: the model's side of the task (tokens in, classes out, sequence length, how many
   trailing positions carry a prediction and what each is called);
@@ -11,8 +11,9 @@ are made, how training and validation data are chosen, and its own progress meas
 - ``Task``: the validation split, the training split (finite data) or a stream of fresh batches
   (infinite data, its state one counter), and measures of the model beyond loss and accuracy.
 
-Adding a task is a module with a ``Task`` subclass registered in ``_registry`` below, and its
-settings as fields of ``TrainConfig``; nothing else changes.
+Adding a task is a module with a ``Task`` subclass registered in ``_registry`` below (its
+data, its CSV rows, its description in summaries, its measures and their names), and its
+settings as fields of ``TrainConfig``; nothing else names a task.
 
 Nothing here imports torch at module level: the settings are checked (``check``) where torch is
 not loaded (the search driver, analysis).
@@ -21,6 +22,7 @@ not loaded (the search driver, analysis).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -85,12 +87,41 @@ class Task(ABC):
     # the outcome rule the task's runs are read by (grok_tune/regions.py: "accuracy", read by
     # the data regime, or "induction")
     outcome: ClassVar[str] = "accuracy"
+    # the names of the measures ``measures`` may record (grok_tune/metrics.py): columns of
+    # trials.parquet and curves.parquet, TensorBoard scalars
+    MEASURES: ClassVar[tuple[str, ...]] = ()
+    # whether every row holds two operands at fixed positions (``Layout.operands``): what the
+    # MLP of architecture mlp reads
+    fixed_operands: ClassVar[bool] = False
+    # whether the data prints as a table (``print_table``): ``python -m grok_tune.data``'s default
+    prints_table: ClassVar[bool] = False
 
     @classmethod
     def baseline_loss(cls, settings: Any) -> float:
         """The loss of a model that knows only the targets' frequencies (the induction rule's
         yardstick); ``settings``: a trial's row or config."""
         raise NotImplementedError(f"task {cls.name} has no baseline loss")
+
+    @classmethod
+    @abstractmethod
+    def training_examples(cls, cfg: TrainConfig) -> int:
+        """The size of the finite training set, without building the data (torch-free)."""
+
+    @classmethod
+    def describe(cls, settings: Any) -> str:
+        """The task of a trial's row (or config) in words, for summaries."""
+        return cls.name
+
+    @classmethod
+    @abstractmethod
+    def csv_rows(cls, cfg: TrainConfig, stream_rows: int) -> Iterable[str]:
+        """The task's data as CSV lines, header first (``python -m grok_tune.data``); infinite
+        data: the first ``stream_rows`` rows of the stream."""
+
+    @classmethod
+    def print_table(cls, cfg: TrainConfig) -> None:
+        """The data as a table on standard output, where the task has one."""
+        raise ValueError(f"only operation tables print as a table (task {cls.name})")
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
@@ -130,11 +161,17 @@ class Task(ABC):
         raise NotImplementedError(f"task {self.name} has finite training data")
 
     def measures(self, model: nn.Module) -> dict[str, float | None]:
-        """Task-specific progress measures of the model, logged every evaluation."""
+        """Task-specific progress measures of the model (named in ``MEASURES``), logged every
+        evaluation."""
         return {}
 
-    def measure_names(self) -> tuple[str, ...]:
-        return ()
+
+def _size(settings: Any) -> str:
+    """A generated task's train_size in words: a number, or infinite (stored as inf in Parquet)."""
+    size = settings.get("train_size")
+    if size == INFINITE or size == float("inf"):
+        return INFINITE
+    return f"{size:.4g}" if isinstance(size, float) else str(size)
 
 
 class GeneratedTask(Task):
@@ -152,6 +189,10 @@ class GeneratedTask(Task):
     @classmethod
     def check(cls, cfg: TrainConfig) -> None:
         cls.make_data(cfg)  # validates the settings without generating anything
+
+    @classmethod
+    def training_examples(cls, cfg: TrainConfig) -> int:
+        return int(cfg.train_size)  # its default filled in
 
     @classmethod
     @abstractmethod
@@ -204,6 +245,12 @@ def task_class(name: str) -> type[Task]:
 
 def make_task(cfg: TrainConfig) -> Task:
     return task_class(cfg.task)(cfg)
+
+
+# the measures any task may record, in registry order
+TASK_MEASURES: tuple[str, ...] = tuple(
+    dict.fromkeys(name for task in _registry().values() for name in task.MEASURES)
+)
 
 
 def task_settings() -> dict[str, tuple[str, ...]]:

@@ -22,12 +22,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from grok_tune.tasks import INFINITE, GeneratedTask, Layout, Split
+from grok_tune.tasks import INFINITE, GeneratedTask, Layout, Split, _size
 from grok_tune.tasks.streams import I64, U64, check_size, draw, uniform_ints_at
 
 if TYPE_CHECKING:
@@ -250,6 +250,21 @@ class AdditionTask(GeneratedTask):
 
     name = "addition"
     settings: ClassVar[tuple[str, ...]] = ("digits", "train_size", "val_size")
+
+    @classmethod
+    def describe(cls, settings: Any) -> str:
+        return f"{settings.get('digits')}-digit addition, train_size {_size(settings)}"
+
+    @classmethod
+    def csv_rows(cls, cfg: TrainConfig, stream_rows: int) -> Iterator[str]:
+        return csv_rows(
+            digits=cfg.digits,
+            train_size=None if cfg.train_size == INFINITE else cfg.train_size,
+            val_size=cfg.val_size,
+            seed=cfg.seed,
+            stream_rows=stream_rows,
+        )
+
     DEFAULT_TRAIN_SIZE = 750  # Nanda's finite regime
 
     @classmethod

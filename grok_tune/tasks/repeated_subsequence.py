@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from grok_tune.tasks import IGNORE, INFINITE, GeneratedTask, Layout, Split
+from grok_tune.tasks import IGNORE, INFINITE, GeneratedTask, Layout, Split, _size
 from grok_tune.tasks.streams import (
     I64,
     U64,
@@ -264,6 +264,23 @@ class RepeatedSubsequenceTask(GeneratedTask):
     # what a run learned is whether induction heads formed (grok_tune/regions.py), not whether
     # token accuracy reached 0.99: a repeat's token after a collision stays ambiguous
     outcome = "induction"
+
+    @classmethod
+    def describe(cls, settings: Any) -> str:
+        return f"repeated subsequence, train_size {_size(settings)}"
+
+    @classmethod
+    def csv_rows(cls, cfg: TrainConfig, stream_rows: int) -> Iterator[str]:
+        return csv_rows(
+            seq_len=cfg.seq_len,
+            sub_len=cfg.sub_len,
+            repeats=cfg.repeats,
+            vocab=cfg.vocab,
+            train_size=None if cfg.train_size == INFINITE else cfg.train_size,
+            val_size=cfg.val_size,
+            seed=cfg.seed,
+            stream_rows=stream_rows,
+        )
 
     @classmethod
     def baseline_loss(cls, settings: Any) -> float:

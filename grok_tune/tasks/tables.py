@@ -17,8 +17,9 @@ import itertools
 import sys
 from collections.abc import Callable, Iterator
 from functools import cache, cached_property
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from grok_tune import metrics as m
 from grok_tune.tasks import Layout, Split, Task
 
 if TYPE_CHECKING:
@@ -191,6 +192,26 @@ class TableTask(Task):
 
     name = "table"
     settings: ClassVar[tuple[str, ...]] = ("op", "p", "frac", "operator_token")
+    MEASURES: ClassVar[tuple[str, ...]] = (m.FOURIER_SPARSITY, *m.NANDA_MEASURES)
+    fixed_operands: ClassVar[bool] = True
+    prints_table: ClassVar[bool] = True
+
+    @classmethod
+    def training_examples(cls, cfg: TrainConfig) -> int:
+        return round(cfg.frac * table_size(cfg.op, cfg.p))  # split_mask's rule
+
+    @classmethod
+    def describe(cls, settings: Any) -> str:
+        op, p = settings.get("op"), settings.get("p")
+        return str(op) if is_s5(str(op)) else f"{op} mod {p}"
+
+    @classmethod
+    def csv_rows(cls, cfg: TrainConfig, stream_rows: int) -> Iterator[str]:
+        return csv_rows(cfg.op, cfg.p, cfg.frac, cfg.seed)
+
+    @classmethod
+    def print_table(cls, cfg: TrainConfig) -> None:
+        print_table(cfg.op, cfg.p, cfg.frac, cfg.seed)
 
     @classmethod
     def check(cls, cfg: TrainConfig) -> None:
@@ -235,13 +256,6 @@ class TableTask(Task):
     def validation(self) -> Split:
         return self._splits[1]
 
-    def measure_names(self) -> tuple[str, ...]:
-        from grok_tune import metrics as m
-
-        if is_s5(self.cfg.op):
-            return ()
-        return (m.FOURIER_SPARSITY, *m.NANDA_MEASURES)
-
     @cached_property
     def _grid(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """Nanda's measures' inputs (grok_tune/progress.py): the token rows of every pair on
@@ -265,7 +279,6 @@ class TableTask(Task):
         return x, ((a + col) % p).view(p, p), train
 
     def measures(self, model: nn.Module) -> dict[str, float | None]:
-        from grok_tune import metrics as m
         from grok_tune.progress import measures, operand_embedding
 
         if is_s5(self.cfg.op):
@@ -305,6 +318,6 @@ def csv_rows(op: str, p: int, frac: float, seed: int) -> Iterator[str]:
     """Every equation as ``a,b,c,split`` (a header first)."""
     mask = split_mask(op, p, frac, seed)
     yield "a,b,c,split"
-    for (a, b, c), m in zip(_table(op, p), mask.tolist(), strict=True):
+    for (a, b, c), trains in zip(_table(op, p), mask.tolist(), strict=True):
         names = [element_name(op, v) for v in (a, b, c)]
-        yield ",".join([*names, "train" if m else "val"])
+        yield ",".join([*names, "train" if trains else "val"])
