@@ -18,8 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from grok_tune.metrics import ACCURACY_THRESHOLD
 from grok_tune.presets import PRESET_NAMES, PRESETS, preset_settings
 from grok_tune.remedies import SETTINGS_MODELS, remedy_defaults, unread_settings
-from grok_tune.tasks import INFINITE, TASK_NAMES, task_class, task_settings
-from grok_tune.tasks.tables import OPERATIONS, P_MAX
+from grok_tune.tasks import (
+    INFINITE,
+    TASK_NAMES,
+    TASK_SETTINGS_MODELS,
+    task_class,
+    task_settings,
+)
 
 # Which parameters AdamW's weight decay touches is a research variable, not a detail:
 #   all                         every parameter, as in Power et al.'s AdamW(model.parameters())
@@ -44,9 +49,6 @@ def flat_settings(config: dict[str, Any]) -> dict[str, Any]:
     variant = config.get(VARIANT) or {}
     return {**{k: v for k, v in config.items() if k != VARIANT}, **variant}
 
-
-# a number of training examples, or a fresh batch every step
-Size = int | Literal["infinite"]
 
 _NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
 
@@ -113,10 +115,8 @@ ARCHITECTURE_INITS = {
 }
 
 
-class _RunSettings(BaseModel):
-    """Every knob of one run but the remedies' (``TrainConfig`` adds theirs)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+class _Which(BaseModel):
+    """What a run is: the first settings of every record, the task's own right after them."""
 
     # an anchor's whole setup (grok_tune/presets.py); the settings given beside it win
     preset: Literal[PRESET_NAMES] | None = Field(  # type: ignore[valid-type]
@@ -124,27 +124,13 @@ class _RunSettings(BaseModel):
     )
     # task (grok_tune/tasks/): each task reads the general settings and its own
     task: Literal[TASK_NAMES] = Field("table", description="what the model learns")  # type: ignore[valid-type]
-    # task: table
-    op: Literal[OPERATIONS] = "x/y"  # type: ignore[valid-type]
-    p: int = Field(
-        97, ge=2, le=P_MAX, description="modulus (ignored for S5 operations); the table is p²"
-    )
-    frac: float = Field(0.5, gt=0, lt=1, description="training fraction of all equations")
-    operator_token: bool = Field(True, description="'a ∘ b =' (Power et al.) or 'a b =' (Nanda)")
-    # task: addition
-    digits: int = Field(5, ge=1, le=9, description="digits of each operand")
-    # task: repeated_subsequence
-    seq_len: int = Field(85, ge=3, le=4096, description="tokens per sequence")
-    vocab: int = Field(128, ge=2, le=65536, description="token ids of a sequence")
-    sub_len: int = Field(16, ge=2, description="length of the repeated subsequence")
-    repeats: int = Field(3, ge=2, description="occurrences of the subsequence")
-    # tasks addition and repeated_subsequence: the data regime
-    train_size: Size | None = Field(
-        None,
-        description="training examples, or 'infinite' (a fresh batch every step); "
-        "unset: the task's default (addition 750, repeated_subsequence 512)",
-    )
-    val_size: int = Field(1000, ge=1, description="validation examples (fresh, fixed, seeded)")
+
+
+class _RunSettings(BaseModel):
+    """Every knob of one run but the task's and the remedies' (``TrainConfig`` adds theirs)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
     seed: int = Field(0, ge=0, description="data, initialisation, batches and dropout")
     # optimizer
     optimizer: Literal["adamw", "adam"] = Field(
@@ -341,9 +327,12 @@ class _RunSettings(BaseModel):
         return self.train_size == INFINITE
 
 
-class TrainConfig(*reversed(SETTINGS_MODELS), _RunSettings):  # type: ignore[misc]
+class TrainConfig(  # type: ignore[misc]
+    *reversed(SETTINGS_MODELS), _RunSettings, *reversed(TASK_SETTINGS_MODELS), _Which
+):
     """Every knob of one run: the same names in study files, the CLI, Parquet and TensorBoard.
-    The remedies' settings come from their registry entries (grok_tune/remedies/), after the
-    others (pydantic orders the fields of the last base first)."""
+    Each task's settings come from its class (grok_tune/tasks/), each remedy's from its
+    registry entry (grok_tune/remedies/). Pydantic orders the fields of the last base first:
+    preset and task, the tasks' settings, the run's, the remedies'."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)

@@ -25,7 +25,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import BaseModel, Field
 
 if TYPE_CHECKING:
     import torch
@@ -36,6 +38,8 @@ if TYPE_CHECKING:
 # targets of positions that predict nothing in a row (torch's cross-entropy default)
 IGNORE = -100
 INFINITE = "infinite"
+# a number of training examples, or a fresh batch every step
+Size = int | Literal["infinite"]
 
 
 @dataclass(frozen=True)
@@ -81,9 +85,18 @@ class Task(ABC):
     """One task with its settings resolved: data for one run."""
 
     name: ClassVar[str]
-    # the TrainConfig fields this task reads (others of other tasks are refused, or left blank
-    # in the records)
+    # the task's own settings, with their validation and descriptions: TrainConfig inherits
+    # them (grok_tune/config.py)
+    Settings: ClassVar[type[BaseModel]]
+    # their names: the TrainConfig fields this task reads (others of other tasks are refused,
+    # or left blank in the records)
     settings: ClassVar[tuple[str, ...]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "Settings" in cls.__dict__:
+            cls.settings = tuple(cls.Settings.model_fields)
+
     # the outcome rule the task's runs are read by (grok_tune/regions.py: "accuracy", read by
     # the data regime, or "induction")
     outcome: ClassVar[str] = "accuracy"
@@ -174,6 +187,17 @@ def _size(settings: Any) -> str:
     return f"{size:.4g}" if isinstance(size, float) else str(size)
 
 
+class GeneratedSettings(BaseModel):
+    """The data regime of a task whose examples are generated."""
+
+    train_size: Size | None = Field(
+        None,
+        description="training examples, or 'infinite' (a fresh batch every step); "
+        "unset: the task's default (addition 750, repeated_subsequence 512)",
+    )
+    val_size: int = Field(1000, ge=1, description="validation examples (fresh, fixed, seeded)")
+
+
 class GeneratedTask(Task):
     """A task whose examples are generated (addition, repeated subsequences): a fixed
     validation set, and a finite training set or an infinite stream, from a data object with
@@ -247,6 +271,10 @@ def make_task(cfg: TrainConfig) -> Task:
     return task_class(cfg.task)(cfg)
 
 
+# every task's settings, in registry order (TrainConfig inherits them)
+TASK_SETTINGS_MODELS: tuple[type[BaseModel], ...] = tuple(
+    task.Settings for task in _registry().values()
+)
 # the measures any task may record, in registry order
 TASK_MEASURES: tuple[str, ...] = tuple(
     dict.fromkeys(name for task in _registry().values() for name in task.MEASURES)

@@ -22,12 +22,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+from pydantic import Field
 
-from grok_tune.tasks import INFINITE, GeneratedTask, Layout, Split, _size
+from grok_tune.tasks import INFINITE, GeneratedSettings, GeneratedTask, Layout, Split, _size
 from grok_tune.tasks.streams import I64, U64, check_size, draw, uniform_ints_at
 
 if TYPE_CHECKING:
@@ -239,6 +240,10 @@ def csv_rows(
 
 
 # --- the task -------------------------------------------------------------------------------
+class AdditionSettings(GeneratedSettings):
+    digits: int = Field(5, ge=1, le=9, description="digits of each operand")
+
+
 class AdditionTask(GeneratedTask):
     """``task: addition``: ``a + b =`` and the n + 1 answer digits, all predicted at once.
 
@@ -249,7 +254,7 @@ class AdditionTask(GeneratedTask):
     """
 
     name = "addition"
-    settings: ClassVar[tuple[str, ...]] = ("digits", "train_size", "val_size")
+    Settings = AdditionSettings
 
     @classmethod
     def describe(cls, settings: Any) -> str:

@@ -28,12 +28,21 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from math import comb
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
+from pydantic import Field
 
-from grok_tune.tasks import IGNORE, INFINITE, GeneratedTask, Layout, Split, _size
+from grok_tune.tasks import (
+    IGNORE,
+    INFINITE,
+    GeneratedSettings,
+    GeneratedTask,
+    Layout,
+    Split,
+    _size,
+)
 from grok_tune.tasks.streams import (
     I64,
     U64,
@@ -251,15 +260,20 @@ def csv_rows(
 
 
 # --- the task -------------------------------------------------------------------------------
+class RepeatedSubsequenceSettings(GeneratedSettings):
+    seq_len: int = Field(85, ge=3, le=4096, description="tokens per sequence")
+    vocab: int = Field(128, ge=2, le=65536, description="token ids of a sequence")
+    sub_len: int = Field(16, ge=2, description="length of the repeated subsequence")
+    repeats: int = Field(3, ge=2, description="occurrences of the subsequence")
+
+
 class RepeatedSubsequenceTask(GeneratedTask):
     """``task: repeated_subsequence``: next-token prediction over whole sequences, the loss and
     accuracy counted only where the context determines the token (see the mask above): the
     token accuracy an induction head raises from chance to 1."""
 
     name = "repeated_subsequence"
-    settings: ClassVar[tuple[str, ...]] = (
-        "seq_len", "vocab", "sub_len", "repeats", "train_size", "val_size",
-    )  # fmt: skip
+    Settings = RepeatedSubsequenceSettings
     DEFAULT_TRAIN_SIZE = 512  # Nanda's finite regime
     # what a run learned is whether induction heads formed (grok_tune/regions.py), not whether
     # token accuracy reached 0.99: a repeat's token after a collision stays ambiguous

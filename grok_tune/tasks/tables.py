@@ -17,7 +17,9 @@ import itertools
 import sys
 from collections.abc import Callable, Iterator
 from functools import cache, cached_property
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import BaseModel, Field
 
 from grok_tune import metrics as m
 from grok_tune.tasks import Layout, Split, Task
@@ -187,11 +189,20 @@ def split_mask(op: str, p: int, frac: float, seed: int) -> torch.Tensor:
     return mask
 
 
+class TableSettings(BaseModel):
+    op: Literal[OPERATIONS] = "x/y"  # type: ignore[valid-type]
+    p: int = Field(
+        97, ge=2, le=P_MAX, description="modulus (ignored for S5 operations); the table is p²"
+    )
+    frac: float = Field(0.5, gt=0, lt=1, description="training fraction of all equations")
+    operator_token: bool = Field(True, description="'a ∘ b =' (Power et al.) or 'a b =' (Nanda)")
+
+
 class TableTask(Task):
     """``task: table``: one of the 12 operations, a fraction of its table for training."""
 
     name = "table"
-    settings: ClassVar[tuple[str, ...]] = ("op", "p", "frac", "operator_token")
+    Settings = TableSettings
     MEASURES: ClassVar[tuple[str, ...]] = (m.FOURIER_SPARSITY, *m.NANDA_MEASURES)
     fixed_operands: ClassVar[bool] = True
     prints_table: ClassVar[bool] = True
