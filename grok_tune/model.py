@@ -182,7 +182,8 @@ class Block(nn.Module):
 
 
 class _Parameters:
-    """What the Trainer asks of either model about its parameters (the rules: below)."""
+    """What a run (grok_tune/member.py) asks of either model about its parameters (the rules:
+    below)."""
 
     def num_params(self, non_embedding: bool = False) -> int:
         return _num_params(self, non_embedding)
@@ -359,7 +360,7 @@ def param_groups(
     model: Model, weight_decay: float, scope: DecayScope, embedding_lr: float | None = None
 ) -> list[dict]:
     """AdamW parameter groups: which tensors weight decay touches, by ``scope``, and the
-    embeddings' own learning rate. Each group says whether it is ``decayed`` (the Trainer
+    embeddings' own learning rate. Each group says whether it is ``decayed`` (the run
     counts and removes the key); the first is the decayed group of the rest of the model, whose
     lr the records show. Without ``embedding_lr`` there are two groups, as there always were
     (a checkpoint's optimizer state keeps its layout)."""

@@ -27,9 +27,9 @@ CURVES_FILE = "curves.parquet"
 PHASES_FILE = "phases.parquet"
 FIGURES_DIR = "figures"
 SUMMARY_FILE = "summary.txt"
-# a trial checkpoint's one file: the state_dict of its run (a Trainer's, or a population's)
+# a trial checkpoint's one file: the state_dict of its population (a single run's: of one)
 # through torch.save
-STATE_FILE = "population.pt"  # a trial's whole state: its population's (grok_tune/population.py)
+STATE_FILE = "population.pt"
 # the column naming a trial in both Parquet files
 TRIAL_ID = "trial_id"
 

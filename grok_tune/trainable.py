@@ -1,8 +1,10 @@
 """The Ray Tune trainable: a plain function of a config dict that reports dicts.
 
-It drives the engine's ``Trainer``: every evaluation goes to ``tune.report`` (and to the trial's
-TensorBoard files), a checkpoint every ``checkpoint_every`` steps and at the end, and a restarted
-trial continues from ``tune.get_checkpoint()`` bit-for-bit.
+It drives the engine (grok_tune/population.py): a single trial as ``Trainer``, a population of
+one whose records are flat (what Tune's searchers read), a packed trial as a ``Population`` of
+its pack. Every evaluation goes to ``tune.report`` (and to the trial's TensorBoard files), a
+checkpoint every ``checkpoint_every`` steps and at the end, and a restarted trial continues
+from ``tune.get_checkpoint()`` bit-for-bit.
 """
 
 from __future__ import annotations
