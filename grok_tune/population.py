@@ -291,6 +291,13 @@ class Population:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "config" in state:  # a single run's checkpoint from before the one engine
+            state = _from_trainer_state(state, self.device)
+        elif "flat" in state:
+            raise ValueError(
+                "checkpoint was written by a packed trial of grok_tune before its one engine "
+                "(2026-12-06): resume it with the version that started the study"
+            )
         mine = [c.model_dump() for c in self.cfgs]
         theirs = state["configs"]
         if theirs != mine:
@@ -312,7 +319,11 @@ class Population:
         if state["stacked"] != self.stacked:
             path = "the stacked path" if state["stacked"] else "the per-member path"
             raise ValueError(f"checkpoint was written on {path}: resume it there")
-        self.active = list(state["active"])
+        self.active = [] if state["active"] is None else list(state["active"])
+        for e, s in zip(self.events, state["events"], strict=True):
+            e.load_state_dict(s)
+        if state["active"] is None:  # an old checkpoint's: the members whose events go on
+            self.active = [i for i, e in enumerate(self.events) if e.status == m.Status.RUNNING]
         self.path.load_state_dict(state["path"], state["models"], self.active)
         # generator states are CPU byte tensors, wherever map_location put them
         for g, s in zip(self.batch_rng, state["batch_rng"], strict=True):
@@ -320,8 +331,6 @@ class Population:
         self.stream_counter = list(state["stream_counter"])
         self.step = state["step"]
         self.histories = [list(h) for h in state["histories"]]
-        for e, s in zip(self.events, state["events"], strict=True):
-            e.load_state_dict(s)
         self.elapsed_s = state["elapsed_s"]
 
     def save(self, path: str | os.PathLike) -> None:
@@ -329,3 +338,29 @@ class Population:
 
     def load(self, path: str | os.PathLike) -> None:
         self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+
+
+def _from_trainer_state(old: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """A single run's checkpoint as ``Trainer`` wrote it before the one engine (2026-12-06),
+    in today's form: a study started with that version resumes with this one, bit for bit (its
+    dropout masks continue from the generator state it saved)."""
+    cuda = old.get("cuda_rng") or []
+    member = {
+        "optimizer": old["optimizer"],
+        "hooks": old["hooks"],
+        "rng": old["torch_rng"],
+        "cuda_rng": cuda[device.index or 0] if cuda and device.type == "cuda" else None,
+    }
+    return {
+        "configs": [old["config"]],
+        "models": [old["model"]],
+        "stacked": False,
+        "path": {"members": [member]},
+        "active": None,  # from the events, once loaded
+        "batch_rng": [old["batch_rng"]],
+        "stream_counter": [old["stream_counter"]],
+        "step": old["step"],
+        "histories": [old["history"]],
+        "events": [old["events"]],
+        "elapsed_s": old["elapsed_s"],
+    }

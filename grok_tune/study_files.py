@@ -30,6 +30,7 @@ SUMMARY_FILE = "summary.txt"
 # a trial checkpoint's one file: the state_dict of its population (a single run's: of one)
 # through torch.save
 STATE_FILE = "population.pt"
+LEGACY_STATE_FILE = "trainer.pt"  # a single trial's, before the one engine (2026-12-06)
 # the column naming a trial in both Parquet files
 TRIAL_ID = "trial_id"
 

@@ -21,7 +21,7 @@ from ray import tune
 from grok_tune import metrics as m
 from grok_tune.config import MEMBERS, PACK, TrainConfig, flat_settings
 from grok_tune.naming import differing_settings, member_dir
-from grok_tune.study_files import STATE_FILE
+from grok_tune.study_files import LEGACY_STATE_FILE, STATE_FILE
 
 if TYPE_CHECKING:
     from grok_tune.population import Population
@@ -64,7 +64,10 @@ def _restore(load: Callable[[Path], None]) -> bool:
     checkpoint = tune.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
-            load(Path(d) / STATE_FILE)
+            path = Path(d) / STATE_FILE
+            if not path.exists() and (Path(d) / LEGACY_STATE_FILE).exists():
+                path = Path(d) / LEGACY_STATE_FILE  # a study started before the one engine
+            load(path)
     return checkpoint is not None
 
 

@@ -371,3 +371,29 @@ def test_members_that_cannot_share_a_population_are_refused_naming_the_setting()
     assert [effective_batch_size(c) for c in halves] == [132, 211, 132]
     assert population_groups([*halves, base]) == [[0, 2], [1], [3]]
     assert population_groups([base] * 5, max_size=2) == [[0, 1], [2, 3], [4]]
+
+
+# tests/data/legacy_trainer.pt: ``Trainer.save`` at step 50 of this run (of 100), written by
+# grok_tune at 77b062c, the last version whose single runs had a loop of their own; its run
+# ended with train loss 3.131999275081265 there
+LEGACY = dict(SMALL, dropout=0.1, grad_filter="ema", seed=3)
+
+
+def test_a_checkpoint_from_before_the_one_engine_resumes_bit_for_bit():
+    """A study started with the older version resumes with this one (trainable.py finds the old
+    file name): the same records and weights as the run uninterrupted, dropout included."""
+    from pathlib import Path
+
+    legacy = Path(__file__).parent / "data" / "legacy_trainer.pt"
+    cfg = TrainConfig(**LEGACY)
+    whole = Trainer(cfg)
+    whole.run()
+    assert whole.history[-1][m.TRAIN_LOSS] == 3.131999275081265  # as the old engine ended it
+    resumed = Trainer(cfg)
+    resumed.load(legacy)
+    assert resumed.step == 50 and len(resumed.history) == 3
+    resumed.run()
+    assert_same_records(whole.history, resumed.history)
+    assert_same_weights(whole.model.state_dict(), resumed.model.state_dict())
+    with pytest.raises(ValueError, match="packed trial of grok_tune before its one engine"):
+        Population(configs(SMALL, {}, {"seed": 1})).load_state_dict({"flat": torch.zeros(2, 3)})
