@@ -219,6 +219,13 @@ class GeneratedTask(Task):
         return int(cfg.train_size)  # its default filled in
 
     @classmethod
+    def data_settings(cls, cfg: TrainConfig) -> dict[str, Any]:
+        """The task's settings as its data's keywords (the same names): train_size None for
+        infinite data, and the seed."""
+        out = {name: getattr(cfg, name) for name in cls.settings} | {"seed": cfg.seed}
+        return out | {"train_size": None if cfg.train_size == INFINITE else cfg.train_size}
+
+    @classmethod
     @abstractmethod
     def make_data(cls, cfg: TrainConfig) -> Any: ...
 

@@ -28,7 +28,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from pydantic import Field
 
-from grok_tune.tasks import INFINITE, GeneratedSettings, GeneratedTask, Layout, Split, _size
+from grok_tune.tasks import GeneratedSettings, GeneratedTask, Layout, Split, _size
 from grok_tune.tasks.streams import I64, U64, check_size, draw, uniform_ints_at
 
 if TYPE_CHECKING:
@@ -262,22 +262,13 @@ class AdditionTask(GeneratedTask):
 
     @classmethod
     def csv_rows(cls, cfg: TrainConfig, stream_rows: int) -> Iterator[str]:
-        return csv_rows(
-            digits=cfg.digits,
-            train_size=None if cfg.train_size == INFINITE else cfg.train_size,
-            val_size=cfg.val_size,
-            seed=cfg.seed,
-            stream_rows=stream_rows,
-        )
+        return csv_rows(**cls.data_settings(cfg), stream_rows=stream_rows)
 
     DEFAULT_TRAIN_SIZE = 750  # Nanda's finite regime
 
     @classmethod
     def make_data(cls, cfg: TrainConfig) -> AdditionData:
-        train_size = None if cfg.train_size == INFINITE else cfg.train_size
-        return AdditionData(
-            digits=cfg.digits, train_size=train_size, val_size=cfg.val_size, seed=cfg.seed
-        )
+        return AdditionData(**cls.data_settings(cfg))
 
     @cached_property
     def layout(self) -> Layout:

@@ -36,7 +36,6 @@ from pydantic import Field
 
 from grok_tune.tasks import (
     IGNORE,
-    INFINITE,
     GeneratedSettings,
     GeneratedTask,
     Layout,
@@ -285,16 +284,7 @@ class RepeatedSubsequenceTask(GeneratedTask):
 
     @classmethod
     def csv_rows(cls, cfg: TrainConfig, stream_rows: int) -> Iterator[str]:
-        return csv_rows(
-            seq_len=cfg.seq_len,
-            sub_len=cfg.sub_len,
-            repeats=cfg.repeats,
-            vocab=cfg.vocab,
-            train_size=None if cfg.train_size == INFINITE else cfg.train_size,
-            val_size=cfg.val_size,
-            seed=cfg.seed,
-            stream_rows=stream_rows,
-        )
+        return csv_rows(**cls.data_settings(cfg), stream_rows=stream_rows)
 
     @classmethod
     def baseline_loss(cls, settings: Any) -> float:
@@ -305,15 +295,7 @@ class RepeatedSubsequenceTask(GeneratedTask):
 
     @classmethod
     def make_data(cls, cfg: TrainConfig) -> RepeatedSubsequenceData:
-        return RepeatedSubsequenceData(
-            seq_len=cfg.seq_len,
-            sub_len=cfg.sub_len,
-            repeats=cfg.repeats,
-            vocab=cfg.vocab,
-            train_size=None if cfg.train_size == INFINITE else cfg.train_size,
-            val_size=cfg.val_size,
-            seed=cfg.seed,
-        )
+        return RepeatedSubsequenceData(**cls.data_settings(cfg))
 
     @cached_property
     def layout(self) -> Layout:
