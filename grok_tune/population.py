@@ -9,13 +9,13 @@ nothing of Ray: ``run(on_eval)`` hands every evaluation's records to the caller.
 
 The steps themselves run on one of two paths, two ways to run the same model:
 
-- per member (the default on CPU, and wherever the stacked path lacks a setting): each member
-  its own ``Member`` (grok_tune/member.py: an ``nn.Module``, a fused AdamW, the remedies at
-  the loop's seams), stepped one after another. A member is then bit for bit the run alone,
-  dropout included (its masks come from its own generator state).
-- stacked (the default on a GPU): every member's weights a row of one buffer, one forward and
-  backward pass and one optimizer step for all (grok_tune/stacked.py). The same function,
-  rounded differently; dropout masks from each member's own generator.
+- per member (the default on CPU, for a single run, and wherever the stacked path lacks a
+  setting): each member its own ``Member`` (grok_tune/member.py: an ``nn.Module``, a fused
+  AdamW, the remedies at the loop's seams), stepped one after another. A member is then bit
+  for bit the run alone, dropout included (its masks come from its own generator state).
+- stacked (the default for K > 1 on a GPU): every member's weights a row of one buffer, one
+  forward and backward pass and one optimizer step for all (grok_tune/stacked.py). The same
+  function, rounded differently; dropout masks from each member's own generator.
 
 Members share what fixes the shapes and the schedule (``packing.SHARED``) and the effective batch
 size; they may differ in everything else a study varies (``packing.MAY_DIFFER``): seed, lr,
@@ -106,7 +106,7 @@ class Population:
     ``cfgs`` must pass ``packing.check_population``; member i is ``cfgs[i]`` in every method
     and record. ``models``, if given, are the members' initial models (copied); by default each
     is built under its member's seed. ``stacked`` picks the path (default: stacked on a GPU
-    where every member can be stacked, else per member); ``chunk`` is how many members the
+    for two members or more that can be stacked, else per member); ``chunk`` is how many members the
     stacked path runs in one pass (default: all).
     """
 
@@ -125,8 +125,9 @@ class Population:
         if stacked and why:
             raise ValueError(f"the stacked path cannot run these members: {why}")
         if stacked is None:
-            # a few small launches per member and step: cheap on CPU, not on a GPU
-            stacked = self.device.type == "cuda" and why is None
+            # a few small launches per member and step: cheap on CPU, not on a GPU; a single
+            # run keeps its own model there too (torch's fused AdamW, the module's kernels)
+            stacked = self.device.type == "cuda" and len(self.cfgs) > 1 and why is None
         self.stacked = stacked
         cfg0 = self.cfgs[0]
         self.tasks = [make_task(cfg) for cfg in self.cfgs]

@@ -36,9 +36,9 @@ __all__ = ["Record", "TrainConfig", "Trainer", "model_config"]
 class Trainer:
     """One run: a population of one. ``state_dict``/``load_state_dict`` resume it bit for bit.
 
-    On the per-member path (the default on CPU) ``member`` is the run's model, optimizer, loss
-    and remedy hooks (grok_tune/member.py); ``stacked=True`` runs it on the stacked path, the
-    one a GPU takes.
+    On the per-member path (the default) ``member`` is the run's model, optimizer, loss and
+    remedy hooks (grok_tune/member.py); ``stacked=True`` runs it on the stacked path, the one a
+    population of several takes on a GPU.
     """
 
     def __init__(
