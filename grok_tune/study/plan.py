@@ -25,10 +25,15 @@ def plan(spec: StudySpec, uri: str, exists: bool, address: str | None) -> str:
             f"{k} {d.grid}" for k, d in spec.distributions.items() if isinstance(d, Grid)
         )
         repeats = f" x {spec.num_samples} repeats" if spec.num_samples > 1 else ""
-        repeats += f" (x {len(spec.variants)} variants)" if spec.variants else ""
-        lines.append(f"  grid: {grids}: {len(points)} points{repeats}")
+        if spec.variants:  # the points count every variant at every grid point
+            per = len(points) // len(spec.variants)
+            repeats += f" ({len(spec.variants)} variants x {per} grid point{'s' * (per != 1)})"
+        lines.append(
+            f"  grid: {grids or 'no axis (the variants alone)'}: {len(points)} points{repeats}"
+        )
         for point in itertools.islice(points, MAX_POINTS_LISTED):
-            lines.append("    " + ", ".join(f"{k}={v}" for k, v in point.items()))
+            said = ", ".join(f"{k}={v}" for k, v in point.items())
+            lines.append(f"    {said or '(the settings as they are)'}")
         if len(points) > MAX_POINTS_LISTED:
             lines.append(f"    ... and {len(points) - MAX_POINTS_LISTED} more")
     if spec.mode == "boundary":
