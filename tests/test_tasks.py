@@ -12,6 +12,7 @@ from grok_tune.tasks import IGNORE
 from grok_tune.train import Trainer
 
 from .conftest import TINY_PARAMS
+from .test_mlp import LIU, PRIETO
 
 SMALL_MODEL = {
     "n_layers": 1,
@@ -84,9 +85,12 @@ def test_addition_runs_with_per_position_metrics_and_events(regime):
         {**TINY_PARAMS, "grad_filter": "ma", "grokfast_window": 5},
         {**TINY_PARAMS, "loss": "stablemax", "orthogonal_grad": True, "fixed_weight_norm": True},
         {**TINY_PARAMS, "optimizer": "adam", "init": "width_scaled", "operator_token": False},
+        # the anchors' MLPs, a batch smaller than the training set (its RNG is in the state)
+        {**LIU, "batch_size": 32},
+        {**PRIETO, "batch_size": 32},
     ],
     ids=["addition-stream", "induction-stream", "induction-finite", "ema", "ma", "stablemax+",
-         "anchor-settings"],
+         "anchor-settings", "liu-mlp", "prieto-mlp"],
 )  # fmt: skip
 def test_resume_is_bit_for_bit(tmp_path, settings):
     cfg = TrainConfig(
