@@ -122,6 +122,36 @@ def test_split_is_the_same_everywhere():
 GOLDEN_SPLIT = "043492b19cf8fa74"
 
 
+def test_shuffle_split_is_nandas_gen_train_test():
+    # his code, as it is in progress-measures-paper's transformers.py (p the '=' token)
+    import random
+
+    def gen_train_test(frac_train, num, seed=0):
+        pairs = [(i, j, num) for i in range(num) for j in range(num)]
+        random.seed(seed)
+        random.shuffle(pairs)
+        div = int(frac_train * len(pairs))
+        return pairs[:div], pairs[div:]
+
+    for p, frac, seed in [(113, 0.3, 0), (13, 0.5, 4)]:
+        his, _ = gen_train_test(frac, p, seed)
+        mask = split_mask("x+y", p, frac, seed, split="shuffle")
+        ours = {(a, b) for a, b, _ in equations("x+y", p)[mask].tolist()}
+        assert ours == {(a, b) for a, b, _ in his} and int(mask.sum()) == len(his)
+        cfg = TrainConfig(op="x+y", p=p, frac=frac, seed=seed, split="shuffle")
+        assert TableTask.training_examples(cfg) == len(his)  # floors, as he does: 3830 of 12769
+    assert TableTask.training_examples(TrainConfig(op="x+y", p=113, frac=0.3)) == 3831
+
+
+def test_split_seed_holds_the_data_while_seed_moves():
+    rows = lambda task: {tuple(r) for r in task.training.x.tolist()}  # noqa: E731
+    base = dict(op="x+y", p=11, frac=0.5)
+    fixed = [TableTask(TrainConfig(**base, seed=s, split_seed=7)) for s in (0, 1)]
+    moving = [TableTask(TrainConfig(**base, seed=s)) for s in (0, 1)]
+    assert rows(fixed[0]) == rows(fixed[1]) == rows(TableTask(TrainConfig(**base, seed=7)))
+    assert rows(moving[0]) != rows(moving[1])
+
+
 def test_tokens():
     task = make_task("x-y", 5, 0.6, seed=0)
     layout, train = task.layout, task.training

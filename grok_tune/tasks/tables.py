@@ -7,13 +7,16 @@ the operator's token (when present) and ``=``'s.
 
 The split ranks equations by a hash of (seed, a, b), not by a framework's RNG: the same on
 every machine and every torch/numpy version, and for one seed a smaller fraction's training set
-lies inside a larger one's, which keeps fraction sweeps comparable.
+lies inside a larger one's, which keeps fraction sweeps comparable. ``split: shuffle`` is Nanda
+et al.'s own split instead (his ``gen_train_test``), so that his run can be rerun on his data;
+``split_seed`` holds the data fixed while ``seed`` moves the initialisation.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
+import random
 import sys
 from collections.abc import Callable, Iterator
 from functools import cache, cached_property
@@ -171,22 +174,39 @@ def _split_key(seed: int, a: int, b: int) -> bytes:
     return hashlib.blake2b(f"{seed}:{a}:{b}".encode(), digest_size=8).digest()
 
 
-def split_mask(op: str, p: int, frac: float, seed: int) -> torch.Tensor:
+def split_mask(
+    op: str, p: int, frac: float, seed: int, split: str = "hash"
+) -> torch.Tensor:
     """Boolean mask over ``equations(op, p)``: True = training.
 
-    Equations are ranked by a hash of (seed, a, b), not by a framework's RNG, so the split is the
-    same on every machine and every torch/numpy version; for one seed a smaller fraction's
-    training set is a subset of a larger one's, which keeps fraction sweeps comparable.
+    ``hash``: equations are ranked by a hash of (seed, a, b), not by a framework's RNG, so the
+    split is the same on every machine and every torch/numpy version; for one seed a smaller
+    fraction's training set is a subset of a larger one's, which keeps fraction sweeps
+    comparable.
+
+    ``shuffle``: Nanda et al.'s ``gen_train_test`` (progress-measures-paper, transformers.py):
+    the a-major pairs shuffled by Python's ``random.seed(seed); random.shuffle(pairs)``, the
+    first ``int(frac * N)`` for training. Python's Mersenne Twister and its shuffle have been
+    stable since 3.2, so seed 0 is his training set, pair for pair.
     """
     import torch
 
     check_split(op, p, frac)
     table = _table(op, p)
-    n_train = round(frac * len(table))
-    order = sorted(range(len(table)), key=lambda i: _split_key(seed, table[i][0], table[i][1]))
+    if split == "shuffle":
+        order = list(range(len(table)))
+        rng = random.Random(seed)  # random.seed(seed) then random.shuffle: the same draws
+        rng.shuffle(order)
+    else:
+        order = sorted(range(len(table)), key=lambda i: _split_key(seed, table[i][0], table[i][1]))
     mask = torch.zeros(len(table), dtype=torch.bool)
-    mask[order[:n_train]] = True
+    mask[order[:n_training(len(table), frac, split)]] = True
     return mask
+
+
+def n_training(n: int, frac: float, split: str) -> int:
+    """Training equations out of n: Nanda's code floors (``int(frac_train * len(pairs))``)."""
+    return int(frac * n) if split == "shuffle" else round(frac * n)
 
 
 class TableSettings(BaseModel):
@@ -196,6 +216,18 @@ class TableSettings(BaseModel):
     )
     frac: float = Field(0.5, gt=0, lt=1, description="training fraction of all equations")
     operator_token: bool = Field(True, description="'a ∘ b =' (Power et al.) or 'a b =' (Nanda)")
+    split: Literal["hash", "shuffle"] = Field(
+        "hash",
+        description="how the training set is drawn: hash of (seed, a, b) (a smaller fraction's "
+        "set inside a larger one's), or shuffle: Nanda et al.'s gen_train_test (Python's "
+        "random.shuffle of the pairs, seed 0 is his split)",
+    )
+    split_seed: int | None = Field(
+        None,
+        ge=0,
+        description="the split's seed (default: seed): fixes the data while seed moves the "
+        "initialisation and the batches",
+    )
 
 
 class TableTask(Task):
@@ -209,7 +241,7 @@ class TableTask(Task):
 
     @classmethod
     def training_examples(cls, cfg: TrainConfig) -> int:
-        return round(cfg.frac * table_size(cfg.op, cfg.p))  # split_mask's rule
+        return n_training(table_size(cfg.op, cfg.p), cfg.frac, cfg.split)  # split_mask's rule
 
     @classmethod
     def describe(cls, settings: Any) -> str:
@@ -218,11 +250,11 @@ class TableTask(Task):
 
     @classmethod
     def csv_rows(cls, cfg: TrainConfig, stream_rows: int) -> Iterator[str]:
-        return csv_rows(cfg.op, cfg.p, cfg.frac, cfg.seed)
+        return csv_rows(cfg.op, cfg.p, _mask(cfg))
 
     @classmethod
     def print_table(cls, cfg: TrainConfig) -> None:
-        print_table(cfg.op, cfg.p, cfg.frac, cfg.seed)
+        print_table(cfg.op, cfg.p, _mask(cfg))
 
     @classmethod
     def check(cls, cfg: TrainConfig) -> None:
@@ -251,7 +283,7 @@ class TableTask(Task):
 
         cfg = self.cfg
         eq = equations(cfg.op, cfg.p)
-        mask = split_mask(cfg.op, cfg.p, cfg.frac, cfg.seed)
+        mask = _mask(cfg)
         n = num_elements(cfg.op, cfg.p)
         a, b = eq[:, 0], eq[:, 1]
         columns = [a, torch.full_like(a, n), b] if cfg.operator_token else [a, b]
@@ -286,7 +318,7 @@ class TableTask(Task):
         columns = [a, torch.full_like(a, p), b] if cfg.operator_token else [a, b]
         x = torch.stack([*columns, torch.full_like(a, p + cfg.operator_token)], dim=1)
         # equations() lists (a, b) a-major with every b: row a * p + b
-        train = split_mask(cfg.op, p, cfg.frac, cfg.seed)[a * p + b].view(p, p)
+        train = _mask(cfg)[a * p + b].view(p, p)
         return x, ((a + col) % p).view(p, p), train
 
     def measures(self, model: nn.Module) -> dict[str, float | None]:
@@ -306,10 +338,15 @@ class TableTask(Task):
 
 
 # --- printing a table (python -m grok_tune.data) ---------------------------------------------
-def print_table(op: str, p: int, frac: float, seed: int) -> None:
+def _mask(cfg: TrainConfig) -> torch.Tensor:
+    """The run's training mask over ``equations``: its split, drawn with its split's seed."""
+    seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
+    return split_mask(cfg.op, cfg.p, cfg.frac, seed, cfg.split)
+
+
+def print_table(op: str, p: int, mask: torch.Tensor) -> None:
     """The operation table with held-out cells as '?'."""
     out = sys.stdout
-    mask = split_mask(op, p, frac, seed)
     n = num_elements(op, p)
     cells = {(a, b): (c, m) for (a, b, c), m in zip(_table(op, p), mask.tolist(), strict=True)}
     w = max(len(element_name(op, i)) for i in range(n))
@@ -325,9 +362,8 @@ def print_table(op: str, p: int, frac: float, seed: int) -> None:
         out.write(element_name(op, i).rjust(w) + " | " + " ".join(row) + "\n")
 
 
-def csv_rows(op: str, p: int, frac: float, seed: int) -> Iterator[str]:
+def csv_rows(op: str, p: int, mask: torch.Tensor) -> Iterator[str]:
     """Every equation as ``a,b,c,split`` (a header first)."""
-    mask = split_mask(op, p, frac, seed)
     yield "a,b,c,split"
     for (a, b, c), trains in zip(_table(op, p), mask.tolist(), strict=True):
         names = [element_name(op, v) for v in (a, b, c)]
