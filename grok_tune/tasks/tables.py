@@ -174,9 +174,7 @@ def _split_key(seed: int, a: int, b: int) -> bytes:
     return hashlib.blake2b(f"{seed}:{a}:{b}".encode(), digest_size=8).digest()
 
 
-def split_mask(
-    op: str, p: int, frac: float, seed: int, split: str = "hash"
-) -> torch.Tensor:
+def split_mask(op: str, p: int, frac: float, seed: int, split: str = "hash") -> torch.Tensor:
     """Boolean mask over ``equations(op, p)``: True = training.
 
     ``hash``: equations are ranked by a hash of (seed, a, b), not by a framework's RNG, so the
@@ -200,7 +198,7 @@ def split_mask(
     else:
         order = sorted(range(len(table)), key=lambda i: _split_key(seed, table[i][0], table[i][1]))
     mask = torch.zeros(len(table), dtype=torch.bool)
-    mask[order[:n_training(len(table), frac, split)]] = True
+    mask[order[: n_training(len(table), frac, split)]] = True
     return mask
 
 
