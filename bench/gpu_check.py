@@ -749,7 +749,7 @@ def _run_variant(
     pop = Population(cfgs, device, stacked=True, chunk=len(cfgs))
     assert isinstance(pop.path, Stack)
     if variant != "population":
-        pop.path.forward.cfg.shared_prefix = 0  # no unique(): no count read back to the host
+        pop.path._model.cfg.shared_prefix = 0  # no unique(): no count read back to the host
     if variant.startswith("compile:"):
         backend, _, mode = variant.removeprefix("compile:").partition(":")
         pop.path.train_step = CompiledStep(pop, backend, mode or None)  # type: ignore[method-assign]

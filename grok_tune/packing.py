@@ -26,13 +26,9 @@ MAY_DIFFER = frozenset(
     }
 )  # fmt: skip
 # settings the stacked path (grok_tune/stacked.py) does not implement: at any other value, a
-# population runs on the per-member path
-NOT_STACKED: dict[str, Any] = {
-    "architecture": "transformer",
-    "embedding_lr": None,
-    "extra_classes": 0,
-    "block_norm": "pre",
-}
+# population runs on the per-member path (an lr of the embeddings' own is a second lr column
+# per member in its optimizer, which it does not have)
+NOT_STACKED: dict[str, Any] = {"embedding_lr": None}
 SHARED = tuple(name for name in TrainConfig.model_fields if name not in MAY_DIFFER)
 EFFECTIVE_BATCH = "effective batch size"
 

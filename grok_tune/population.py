@@ -300,7 +300,10 @@ class Population:
                 "(2026-12-06): resume it with the version that started the study"
             )
         mine = [c.model_dump() for c in self.cfgs]
-        theirs = state["configs"]
+        # a setting added since the checkpoint was written is there at its default (which
+        # is the behaviour of the code that wrote it)
+        defaults = {k: f.default for k, f in TrainConfig.model_fields.items()}
+        theirs = [{**defaults, **t} for t in state["configs"]]
         if theirs != mine:
             if len(theirs) != len(mine):
                 raise ValueError(

@@ -8,9 +8,10 @@ two ways ``Population`` (grok_tune/population.py) runs its members; the other st
 member's own model (grok_tune/member.py). The loop, the evaluation schedule, the records, the
 events and the checkpoints are the population's, whichever path runs.
 
-It is the same function as the model (grok_tune/model.py), rounded differently: agreement with
-the per-member path to 1e-4 is tested on CPU; training amplifies rounding slowly, as it does a
-change of thread count. It stacks the transformer under one lr per member
+It runs the model itself (grok_tune/model.py), whose modules take weights with a member axis:
+``torch.func.functional_call`` with the stack's (K, ...) views. It rounds differently from the
+per-member path (batched kernels): agreement to 1e-4 is tested on CPU; training amplifies
+rounding slowly, as it does a change of thread count. It runs members under one lr each
 (``packing.why_not_stacked`` says what else it does not know); a population that needs more
 runs on the per-member path.
 
@@ -26,6 +27,7 @@ step, no decay, no filter state) and it costs nothing. Its final weights are kep
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,8 +38,8 @@ import torch.nn.functional as F
 
 from grok_tune import metrics as m
 from grok_tune.config import DecayScope, TrainConfig
-from grok_tune.member import Record, initial_model, loss_function, lr_at, model_config
-from grok_tune.model import ModelConfig, Transformer
+from grok_tune.member import Record, loss_function, lr_at
+from grok_tune.model import Model, per_member
 from grok_tune.remedies import REMEDIES
 from grok_tune.tasks import IGNORE, Split
 from grok_tune.tasks.streams import stream_key
@@ -58,63 +60,6 @@ class Slot:
     shape: tuple[int, ...]
     start: int
     stop: int
-
-
-class _Linear(torch.autograd.Function):
-    """Each member's ``F.linear`` on (K, M, in) rows, with F.linear's own backward: the weight's
-    gradient as gᵀx (autograd of a product with a transposed weight would take (xᵀg)ᵀ, which
-    rounds differently for narrow outputs)."""
-
-    @staticmethod
-    def forward(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-        wt = w.transpose(1, 2)
-        return torch.bmm(x, wt) if b is None else torch.baddbmm(b.unsqueeze(1), x, wt)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
-        x, w, _ = inputs
-        ctx.save_for_backward(x, w)
-
-    @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, w = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad
-        return (
-            torch.bmm(g, w) if need_x else None,
-            torch.bmm(g.transpose(1, 2), x) if need_w else None,
-            g.sum(dim=1) if need_b else None,
-        )
-
-
-def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    """Each member's ``F.linear``: x (K, ..., in), w (K, out, in), b (K, out) or None."""
-    if x.shape[0] == 1:  # one member: F.linear itself (squeeze: a view both ways, no copy)
-        one = F.linear(x.squeeze(0), w.squeeze(0), None if b is None else b.squeeze(0))
-        return one.unsqueeze(0)
-    y = _Linear.apply(x.reshape(x.shape[0], -1, x.shape[-1]), w, b)
-    return y.view(*x.shape[:-1], w.shape[1])
-
-
-def _per_member(t: torch.Tensor, ndim: int) -> torch.Tensor:
-    """A (K, ...) tensor shaped to broadcast against a (K, ..., C) tensor of ``ndim`` dims."""
-    return t.view(t.shape[0], *([1] * (ndim - t.dim())), *t.shape[1:])
-
-
-def _member_distinct_rows(prefix: torch.Tensor, base: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``model._distinct_rows`` per member: (K, B, n) tokens -> each member's distinct rows in
-    the model's order, padded with zero tokens to the largest count, (K, U, n); and each row's
-    index among its member's (K, B). One sort for all members (the member is the top digit)."""
-    K, _B, n = prefix.shape
-    weights = base ** torch.arange(n - 1, -1, -1, device=prefix.device)
-    span = base**n
-    member = torch.arange(K, device=prefix.device).unsqueeze(1)
-    keys, inverse = ((prefix * weights).sum(dim=2) + member * span).unique(return_inverse=True)
-    owner = keys // span
-    counts = torch.bincount(owner, minlength=K)
-    rank = torch.arange(len(keys), device=prefix.device) - (counts.cumsum(0) - counts)[owner]
-    codes = torch.zeros(K, int(counts.max()), dtype=keys.dtype, device=prefix.device)
-    codes[owner, rank] = keys % span
-    return (codes.unsqueeze(2) // weights) % base, rank[inverse]
 
 
 class MemberDropout:
@@ -138,133 +83,8 @@ class MemberDropout:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape[1:]
         u = torch.stack([torch.rand(shape, generator=g, device=x.device) for g in self.generators])
-        keep = u >= _per_member(self.rates, x.dim())
-        return x * keep * _per_member(self.scales, x.dim())
-
-
-class StackedTransformer:
-    """``grok_tune.model.Transformer`` for K members at once, as a function of the stacked
-    parameters (name -> (K, *shape)) and token ids (K, B, T) -> logits (K, B, n_predict, classes).
-
-    It keeps the model's two shortcuts: the last layer computes queries, projection and MLP on
-    the predicted positions alone, and a shared prefix ('a ∘' of a table) runs once per distinct
-    prefix among each member's rows, not once per row.
-    """
-
-    def __init__(self, cfg: ModelConfig) -> None:
-        self.cfg = cfg
-
-    def __call__(
-        self,
-        p: dict[str, torch.Tensor],
-        idx: torch.Tensor,
-        drop: MemberDropout | None = None,
-    ) -> torch.Tensor:
-        cfg, last = self.cfg, self.cfg.n_layers - 1
-        K, _B, T = idx.shape
-        n_out, n = cfg.n_predict, cfg.shared_prefix
-        x = self._embed(p, idx) + p["pos_emb.weight"][:, None, :T]
-        if n and last > 0 and drop is None and T - n_out >= n:
-            # as Transformer.forward: prefixes depend on their own tokens alone under causal
-            # attention. Each member runs its own distinct prefixes, in the order the model
-            # would, padded to the largest count (the padding rows are read by no one)
-            ids, row = _member_distinct_rows(idx[..., :n], cfg.vocab_size)
-            U = ids.shape[1]
-            xp = self._embed(p, ids) + p["pos_emb.weight"][:, None, :n]
-            x = x[:, :, n:]
-            member = torch.arange(K, device=idx.device).unsqueeze(1)
-            gather = (row + member * U).flatten()
-            for i in range(cfg.n_layers):
-                xp, (k, v) = self._block(p, i, xp)
-                # index_select, not k[gather]: a deterministic backward on CPU (as the model)
-                shared = (k.index_select(0, gather), v.index_select(0, gather))
-                x, _ = self._block(p, i, x, shared, n_out if i == last else None)
-        else:
-            if drop is not None:
-                x = drop(x)
-            for i in range(cfg.n_layers):
-                x, _ = self._block(p, i, x, None, n_out if i == last else None, drop)
-        x = x[:, :, x.shape[2] - n_out :]
-        return _linear(self._norm(p, "ln_f", x), p["head.weight"], p.get("head.bias"))
-
-    def _embed(self, p: dict[str, torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
-        w = p["tok_emb.weight"]  # (K, V, C): one table of K·V rows, each member its own rows
-        K, V = w.shape[:2]
-        offset = _per_member(torch.arange(K, device=idx.device) * V, idx.dim())
-        return F.embedding(idx + offset, w.reshape(K * V, -1))
-
-    def _norm(self, p: dict[str, torch.Tensor], name: str, x: torch.Tensor) -> torch.Tensor:
-        if not self.cfg.layer_norm:
-            return x
-        w, b = p[f"{name}.weight"], p[f"{name}.bias"]
-        # normalise, then each member's gain and bias: the forward rounds as the fused kernel
-        # (addcmul is one fma), the backward does not
-        y = F.layer_norm(x, (x.shape[-1],))
-        return torch.addcmul(_per_member(b, x.dim()), y, _per_member(w, x.dim()))
-
-    def _block(
-        self,
-        p: dict[str, torch.Tensor],
-        i: int,
-        x: torch.Tensor,
-        prefix: tuple[torch.Tensor, torch.Tensor] | None = None,
-        n_out: int | None = None,
-        drop: MemberDropout | None = None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        pre = f"blocks.{i}."
-        residual = x if n_out is None else x[:, :, x.shape[2] - n_out :]
-        y, kv = self._attention(
-            p, pre + "attn.", self._norm(p, pre + "ln1", x), prefix, n_out, drop
-        )
-        x = residual + (drop(y) if drop is not None else y)
-        if self.cfg.d_mlp:
-            h = _linear(
-                self._norm(p, pre + "ln2", x), p[pre + "mlp.0.weight"], p[pre + "mlp.0.bias"]
-            )
-            h = F.gelu(h) if self.cfg.activation == "gelu" else F.relu(h)
-            h = _linear(h, p[pre + "mlp.2.weight"], p[pre + "mlp.2.bias"])
-            x = x + (drop(h) if drop is not None else h)
-        return x, kv
-
-    def _attention(
-        self,
-        p: dict[str, torch.Tensor],
-        pre: str,
-        x: torch.Tensor,
-        prefix: tuple[torch.Tensor, torch.Tensor] | None,
-        n_out: int | None,
-        drop: MemberDropout | None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        K, B, T, C = x.shape
-        H = self.cfg.n_heads
-        n_q = T if n_out is None else n_out
-        w, b = p[pre + "qkv.weight"], p.get(pre + "qkv.bias")
-        b_q, b_kv = (None, None) if b is None else (b[:, :C], b[:, C:])
-
-        def heads(t: torch.Tensor) -> torch.Tensor:  # (K, B, t, C) -> (K·B, H, t, C/H)
-            return t.reshape(K * B, t.shape[2], H, C // H).transpose(1, 2)
-
-        # attention itself has no weights: members and rows are one batch of K·B rows
-        q = heads(_linear(x[:, :, T - n_q :], w[:, :C], b_q))
-        k, v = (heads(t) for t in _linear(x, w[:, C:], b_kv).split(C, dim=-1))
-        keys, values, n_before = k, v, 0
-        if prefix is not None:
-            keys, values = torch.cat((prefix[0], k), dim=2), torch.cat((prefix[1], v), dim=2)
-            n_before = prefix[0].shape[2]
-        q_pos = torch.arange(n_before + T - n_q, n_before + T, device=x.device)
-        mask = torch.arange(n_before + T, device=x.device) <= q_pos[:, None]
-        if drop is not None:
-            # SDPA's dropout would draw from the global generator: the plain computation
-            att = (q @ keys.transpose(-2, -1)) * (C // H) ** -0.5
-            att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
-            att = drop(att.view(K, B, *att.shape[1:])).flatten(0, 1)
-            y = att @ values
-        elif n_before == 0 and n_q == T:
-            y = F.scaled_dot_product_attention(q, keys, values, is_causal=True)
-        else:  # (as the model: one query, at the last position, sees every key unmasked)
-            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask if n_q > 1 else None)
-        y = y.transpose(1, 2).reshape(K, B, n_q, C)
-        return _linear(y, p[pre + "proj.weight"], p.get(pre + "proj.bias")), (k, v)
+        keep = u >= per_member(self.rates, x.dim())
+        return x * keep * per_member(self.scales, x.dim())
 
 
 # --- batched measures of a split ------------------------------------------------------------------
@@ -322,7 +142,7 @@ class Stack:
     and backward pass (default: all of them).
     """
 
-    def __init__(self, pop: Population, models: Sequence[Transformer], chunk: int | None) -> None:
+    def __init__(self, pop: Population, models: Sequence[Model], chunk: int | None) -> None:
         self.pop = pop
         self.cfgs, self.device = pop.cfgs, pop.device
         self.chunk = chunk
@@ -333,9 +153,10 @@ class Stack:
             self._offsets.append(self._offsets[-1] + len(split))
         self._train_x = torch.cat([s.x for s in pop.train]).to(self.device)
         self._train_y = torch.cat([s.y for s in pop.train]).to(self.device)
-        template = models[0]
-        self.forward = StackedTransformer(model_config(cfg0, pop.layout))
-        self._layout_params(template)
+        # the members' model, run with every member's weights at once (a leading member axis:
+        # grok_tune/model.py), and as one member for the task's measures (_member_module)
+        self._model: Model = copy.deepcopy(models[0]).eval()
+        self._layout_params(self._model)
         self._flat = torch.stack([self._row(model) for model in models]).to(self.device)
         self._exp_avg = torch.zeros_like(self._flat)
         self._exp_avg_sq = torch.zeros_like(self._flat)
@@ -348,7 +169,6 @@ class Stack:
         ]
         self._member_loss_fn = loss_function(cfg0)
         self._loss_fn = torch.func.vmap(self._member_loss_fn)
-        self._shell: Transformer | None = None
         # the remedies some member uses, each its part of the stacked path, in the registry's
         # order (grok_tune/remedies/); members that do not use one are rows it leaves alone
         self.parts: list[tuple[str, StackedPart]] = [
@@ -359,7 +179,7 @@ class Stack:
         self._set_active(list(range(len(self.cfgs))))
 
     # --- building ---------------------------------------------------------------------------------
-    def _layout_params(self, template: Transformer) -> None:
+    def _layout_params(self, template: Model) -> None:
         """The flat row's layout: parameters grouped by the decay scopes that decay them, so a
         member's weight decay is one multiplier per group of columns."""
         names = [name for name, _ in template.named_parameters()]
@@ -403,7 +223,7 @@ class Stack:
         sig = SCOPES.index(self.cfgs[i].decay_scope)
         return sum(b - a for a, b, s in self._tensors if s[sig])
 
-    def _row(self, model: Transformer | dict[str, torch.Tensor]) -> torch.Tensor:
+    def _row(self, model: Model | dict[str, torch.Tensor]) -> torch.Tensor:
         """A member's weights (its model, or the model's state dict) as a row of the buffer."""
         params = model if isinstance(model, dict) else dict(model.named_parameters())
         row = torch.zeros(self.row_length)
@@ -460,6 +280,13 @@ class Stack:
         return torch.tensor(rows, dtype=torch.long, device=self.device)
 
     # --- a step -----------------------------------------------------------------------------------
+    def forward(
+        self, params: dict[str, torch.Tensor], idx: torch.Tensor, drop: MemberDropout | None = None
+    ) -> torch.Tensor:
+        """The model on (K, B, T) tokens with K members' weights (name -> (K, *shape)): (K, B,
+        n_predict, classes)."""
+        return torch.func.functional_call(self._model, params, (idx,), {"drop": drop})
+
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Each active member's batch, the one it would draw alone: (K, B, T) and (K, B, P)."""
         pop = self.pop
@@ -602,15 +429,12 @@ class Stack:
             out.append(rec)
         return out
 
-    def _member_module(self, params: dict[str, torch.Tensor], row: int) -> Transformer:
-        """A Transformer whose parameters are views of one member's weights: what the task's
-        measures read (built once, no copy per member)."""
-        if self._shell is None:
-            shell, _ = initial_model(self.cfgs[0], self.pop.layout)
-            self._shell = shell.to(self.device)
-        for name, param in self._shell.named_parameters():
+    def _member_module(self, params: dict[str, torch.Tensor], row: int) -> Model:
+        """The model with one member's weights (views, no copy): what the task's measures
+        read."""
+        for name, param in self._model.named_parameters():
             param.data = params[name][row]
-        return self._shell
+        return self._model
 
     def evaluate(self, step: int) -> list[Record]:
         """Each active member's measures of both splits, weight norm, task measures and lr."""

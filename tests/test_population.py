@@ -281,18 +281,55 @@ def test_dropout_draws_from_each_members_own_stream():
     assert plain.history(0)[-1][m.TRAIN_LOSS] != a.history(0)[-1][m.TRAIN_LOSS]
 
 
-def test_stacked_path_agrees_to_rounding():
-    """Every member in one pass, LayerNorm's gain and bias and AdamW over the whole stack: the
-    GPU path. Its LayerNorm backward and the optimizer's tail elements round differently from
-    torch's per-tensor kernels; over 100 steps the curves stayed within 2e-6 (relative) of the
-    exact path here, so 1e-4 leaves room for other processors and amplification."""
-    cfgs = configs(
+MLP = {k: v for k, v in SMALL.items() if k != "d_model"} | {"architecture": "mlp", "n_layers": 2}
+# the model of grok_tune/model.py run with a member axis: every architecture and block it has
+STACKED_CASES = {
+    "remedies": configs(
         {**SMALL, "n_layers": 2},
         {},
         {"seed": 1, "grad_filter": "ema"},
         {"seed": 2, "fixed_weight_norm": True, "weight_decay": 0.0},
         {"seed": 3, "orthogonal_grad": True, "decay_scope": "matrices"},
-    )
+    ),
+    "post_norm_xavier_extra_class": configs(
+        {**SMALL, "n_layers": 2, "block_norm": "post", "attn_init": "xavier", "extra_classes": 1},
+        {},
+        {"seed": 1, "weight_decay": 0.3},
+    ),
+    "stream_norm_tanh": configs(
+        {**SMALL, "n_layers": 2, "block_norm": "stream", "activation": "tanh"}, {}, {"seed": 1}
+    ),
+    "nanda_no_layer_norm": configs(
+        {
+            **SMALL,
+            "layer_norm": False,
+            "operator_token": False,
+            "init": "width_scaled",
+            "loss_dtype": "float64",
+            "warmup_from_zero": True,
+        },
+        {},
+        {"seed": 1},
+    ),
+    "mlp_one_hot": configs(
+        {**MLP, "mlp_input": "one_hot", "mlp_bias": False},
+        {},
+        {"seed": 1, "orthogonal_grad": True},
+    ),
+    "mlp_embedding": configs(
+        {**MLP, "d_model": 8, "activation": "tanh", "init": "uniform_embeddings"},
+        {},
+        {"seed": 1, "init_scale": 2.0},
+    ),
+}
+
+
+@pytest.mark.parametrize("cfgs", STACKED_CASES.values(), ids=STACKED_CASES.keys())
+def test_stacked_path_agrees_to_rounding(cfgs):
+    """Every member in one pass, LayerNorm's gain and bias and AdamW over the whole stack: the
+    GPU path. Its LayerNorm backward and the optimizer's tail elements round differently from
+    torch's per-tensor kernels; over 100 steps the curves stayed within 2e-6 (relative) of the
+    exact path here, so 1e-4 leaves room for other processors and amplification."""
     exact = Population(cfgs)
     exact.run()
     stacked = Population(cfgs, stacked=True, chunk=len(cfgs))
@@ -304,6 +341,25 @@ def test_stacked_path_agrees_to_rounding():
                 assert abs(a[k] - b[k]) <= 0.02, (i, a[m.STEP], k)
             for k in (m.TRAIN_LOSS, m.VAL_LOSS, m.WEIGHT_NORM, m.LOGIT_GAP):
                 assert b[k] == pytest.approx(a[k], rel=1e-4), (i, a[m.STEP], k)
+
+
+def test_stacked_dropout_draws_from_each_members_own_stream():
+    """On the stacked path a member's masks come from its own generator (the model's dropout
+    sites, drawn by the stack): who else is in the population changes its run by rounding at
+    most; and dropout is on (the attention weights' too: no shared prefix, plain matmuls)."""
+    base = {**SMALL, "n_layers": 2}
+    with_dropout = TrainConfig(**base, dropout=0.1)
+    a = Population([with_dropout, TrainConfig(**base, seed=1)], stacked=True)
+    b = Population([TrainConfig(**base, seed=2, dropout=0.3), with_dropout], stacked=True)
+    plain = Population([TrainConfig(**base), TrainConfig(**base, seed=1)], stacked=True)
+    for pop in (a, b, plain):
+        pop.run()
+    for x, y in zip(a.history(0), b.history(1), strict=True):
+        for k in (m.TRAIN_LOSS, m.VAL_LOSS, m.WEIGHT_NORM):
+            assert y[k] == pytest.approx(x[k], rel=1e-4), (x[m.STEP], k)
+    assert plain.history(0)[-1][m.TRAIN_LOSS] != pytest.approx(
+        a.history(0)[-1][m.TRAIN_LOSS], rel=1e-3
+    )
 
 
 def test_stacked_optimizer_is_the_fused_kernels_step():
