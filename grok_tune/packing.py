@@ -58,8 +58,8 @@ def population_key(cfg: TrainConfig) -> tuple[tuple[str, Any], ...]:
 
 
 def why_not_stacked(cfgs: Sequence[TrainConfig]) -> str | None:
-    """Why these members cannot run on the stacked path (it stacks the transformer, one lr per
-    member), or None."""
+    """Why these members cannot run on the stacked path (one lr per member; a remedy without a
+    stacked part), or None."""
     for cfg in cfgs:
         unknown = [name for name, plain in NOT_STACKED.items() if getattr(cfg, name) != plain]
         unknown += [r.switch for r in REMEDIES if r.stacked is None and r.on(cfg)]

@@ -14,8 +14,9 @@ The steps themselves run on one of two paths, two ways to run the same model:
   AdamW, the remedies at the loop's seams), stepped one after another. A member is then bit
   for bit the run alone, dropout included (its masks come from its own generator state).
 - stacked (the default for K > 1 on a GPU): every member's weights a row of one buffer, one
-  forward and backward pass and one optimizer step for all (grok_tune/stacked.py). The same
-  function, rounded differently; dropout masks from each member's own generator.
+  forward and backward pass of the model with a member axis (grok_tune/model.py) and one
+  optimizer step for all (grok_tune/stacked.py). The same function, rounded differently;
+  dropout masks from each member's own generator.
 
 Members share what fixes the shapes and the schedule (``packing.SHARED``) and the effective batch
 size; they may differ in everything else a study varies (``packing.MAY_DIFFER``): seed, lr,
