@@ -102,7 +102,9 @@ PRESETS: dict[str, Preset] = {
         "cross-entropy is float64 log-softmax in the notebook, float32 here by default "
         "(loss_dtype: float64 to follow it); each is a variant of "
         "search_spaces/ablate_nanda.yaml: the extra class is what delays his clean-up (1.5x "
-        "alone on seed 0; the three together 1.1-2.1x over seeds 0-3, README)",
+        "alone on seed 0; the three together 1.1-2.1x over seeds 0-3, README); his split is "
+        "split: shuffle with split_seed 0 (search_spaces/ablate_nanda_split.yaml); his code "
+        "seeds no initialisation, so no seed here is his run",
         reported={
             "memorization": "~1.4k steps",
             "circuit formation": "to ~9.4k steps",
