@@ -110,13 +110,18 @@ class CosetAgreement:
     chance: float  # one labelling, rows at random: (k) / (n - 1) of a row's neighbours
     shuffled: float  # the best of all labellings on shuffled rows, mean over SHUFFLES
     shuffled_p95: float  # ... and its 95th percentile
+    labels: tuple[int, ...]  # each element's coset in the best-matching labelling
 
-    def describe(self) -> str:
+    @property
+    def labelling(self) -> str:
+        """The best-matching labelling: 'right cosets Hx of conjugate 5 of H'."""
         which = "H" if self.conjugate == 0 else f"conjugate {self.conjugate} of H"
-        coset = "Hx" if self.side == "right" else "xH"
+        return f"{self.side} cosets {'Hx' if self.side == 'right' else 'xH'} of {which}"
+
+    def describe(self, sep: str = "; ") -> str:
         return (
-            f"coset agreement {self.agreement:.2f} ({self.side} cosets {coset}, {which}): "
-            f"share of {self.neighbours} nearest neighbours in the own coset; random rows "
+            f"coset agreement {self.agreement:.2f} ({self.labelling}){sep}share of "
+            f"{self.neighbours} nearest neighbours in the own coset; random rows "
             f"{self.shuffled:.2f} (95%: {self.shuffled_p95:.2f})"
         )
 
@@ -161,6 +166,7 @@ def coset_agreement(
         chance=k / (n - 1),
         shuffled=float(shuffled.mean()),
         shuffled_p95=float(np.quantile(shuffled, 0.95)),
+        labels=tuple(int(c) for c in labels[best]),
     )
 
 
@@ -240,14 +246,17 @@ def _draw_zp(ax: Axes, xy: np.ndarray, mod: int) -> str:
     return f"colour: residue mod {mod}; lines: c -> c+{mod}"
 
 
-def _draw_s5(ax: Axes, xy: np.ndarray) -> str:
-    cosets = right_cosets(subgroup(H_GENERATORS))
+def _draw_s5(ax: Axes, xy: np.ndarray, fit: CosetAgreement) -> str:
+    # coloured by the labelling the score names: clusters that are cosets of a conjugate of H
+    # (the paper's "or its conjugates") show as one colour each
+    cosets = np.array(fit.labels)
     cmap = colormaps["tab20"]
-    for k in range(max(cosets) + 1):
-        mine = np.array(cosets) == k
+    for k in range(cosets.max() + 1):
+        mine = cosets == k
         ax.scatter(xy[mine, 0], xy[mine, 1], color=cmap(k % cmap.N), s=40, label=str(k))
-    ax.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1), title="coset Hx")
-    return "colour: right coset Hx of H = <(0 3)(1 4), (1 2)(3 4)>"
+    title = "coset " + ("Hx" if fit.side == "right" else "xH")
+    ax.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1), title=title)
+    return f"colour: {fit.labelling}, H = <(0 3)(1 4), (1 2)(3 4)>"
 
 
 def plot_embeddings(
@@ -271,11 +280,13 @@ def plot_embeddings(
             raise AnalysisError(f"--mod {mod}: must be at least 1")
     fig = new_figure(7.0, 6.0)
     ax = fig.add_subplot()
-    colours = _draw_s5(ax, xy) if is_s5(config[OP]) else _draw_zp(ax, xy, mod)
     caption = ""
     if is_s5(config[OP]):
-        caption = coset_agreement(weights).describe()
-        colours += f"\n{caption}"
+        fit = coset_agreement(weights)
+        caption = fit.describe()
+        colours = f"{_draw_s5(ax, xy, fit)}\n{fit.describe(sep=chr(10))}"  # two lines: fits
+    else:
+        colours = _draw_zp(ax, xy, mod)
     ax.set_xticks([])
     ax.set_yticks([])
     task = config[OP] if is_s5(config[OP]) else f"{config[OP]} mod {config[MODULUS]}"
@@ -289,6 +300,31 @@ def plot_embeddings(
     if caption:
         print(f"Figure 3, trial {trial_id} (step {step:,}): {caption}")
     return Drawn(path, n_points=len(xy), caption=caption)
+
+
+def coset_lines(study: Study) -> list[str]:
+    """The coset agreement of every S5 trial with a checkpoint (each member of a packed one),
+    for the summary: which runs show the paper's clusters, not only the one drawn. Empty for a
+    study without S5."""
+    trials = study.trials[study.trials[OP].map(lambda op: is_s5(str(op)))]
+    trials = trials[trials["trial_dir"].notna()]
+    lines = []
+    for _, trial in trials.sort_values(TRIAL_ID).iterrows():
+        try:
+            member = trial.get(MEMBER)
+            weights, config, step = load_head(
+                latest_checkpoint(study, trial), 0 if pd.isna(member) else int(member)
+            )
+        except AnalysisError:
+            continue  # a trial without a checkpoint yet: nothing to measure
+        fit = coset_agreement(weights)
+        lines.append(
+            f"  {trial[TRIAL_ID]} {config[OP]} frac={config[FRAC]:g} step {step:,} "
+            f"(val acc {trial[m.VAL_ACC]:.3f}): {fit.describe()}"
+        )
+    if not lines:
+        return []
+    return ["S5 coset check (Power et al.'s Figure 3; analysis/embeddings.py):", *lines]
 
 
 def _mod_arg(value: str) -> int | str:

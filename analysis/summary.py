@@ -151,9 +151,10 @@ def summarize(study: Study) -> str:
     return "\n".join(parts)
 
 
-def write_summary(study: Study, out: Path | None = None, skipped: Sequence[str] = ()) -> Path:
-    """summary.txt; ``skipped``: the figures that could not be drawn, one line each, why."""
-    text = "\n".join([summarize(study), *skipped])
+def write_summary(study: Study, out: Path | None = None, notes: Sequence[str] = ()) -> Path:
+    """summary.txt; ``notes``: lines after the summary (measures other analyses read, as the
+    S5 coset check; the figures that could not be drawn, one line each, why)."""
+    text = "\n".join([summarize(study), *notes])
     print(text)
     folder = out if out is not None else study.path
     folder.mkdir(parents=True, exist_ok=True)

@@ -489,6 +489,40 @@ def test_coset_agreement_of_vectors_that_cluster_by_cosets_is_one():
     found = embeddings.coset_agreement(_clustered(embeddings.left_cosets(third), 0.05))
     assert (found.agreement, found.conjugate, found.side) == (1.0, 3, "left")
     assert found.shuffled < 0.15 and "coset agreement 1.00" in found.describe()
+    # the figure colours by that labelling: each colour one left coset of the conjugate
+    assert list(found.labels) == embeddings.left_cosets(third)
+    assert found.labelling == "left cosets xH of conjugate 3 of H"
+
+
+def test_the_summary_gives_every_s5_trials_coset_agreement(tmp_path):
+    import torch
+
+    study_dir = tmp_path / "s5"
+    group = embeddings.subgroup(embeddings.H_GENERATORS)
+    heads = {  # one trial whose rows cluster by H's right cosets, one at random
+        "clustered": _clustered(embeddings.right_cosets(group), 0.05),
+        "random": np.random.default_rng(5).normal(size=(len(S5_ELEMENTS), 16)),
+    }
+    rows = []
+    for name, head in heads.items():
+        trial_dir = study_dir / f"trial_{name}"
+        rows.append(trial_row(name, 100, 500, op="S5:x*y", trial_dir=str(trial_dir)))
+        (trial_dir / "checkpoint_000000").mkdir(parents=True)
+        torch.save(
+            {
+                "configs": [TrainConfig(op="S5:x*y").model_dump()],
+                "models": [{embeddings.HEAD: torch.tensor(head, dtype=torch.float32)}],
+                "step": 500,
+            },
+            trial_dir / "checkpoint_000000" / STATE_FILE,
+        )
+    write_study(study_dir, rows)
+    analysis_all.run_all(load_study(study_dir))
+    text = (study_dir / "summary.txt").read_text()
+    assert "S5 coset check" in text
+    line = {n: next(x for x in text.splitlines() if f"  {n} S5:x*y" in x) for n in heads}
+    assert "coset agreement 1.00 (right cosets Hx of H)" in line["clustered"]
+    assert "coset agreement 0.0" in line["random"] or "coset agreement 0.1" in line["random"]
 
 
 def test_coset_agreement_of_random_vectors_is_near_the_baseline():
