@@ -302,14 +302,20 @@ def plot_embeddings(
     return Drawn(path, n_points=len(xy), caption=caption)
 
 
-def coset_lines(study: Study) -> list[str]:
-    """The coset agreement of every S5 trial with a checkpoint (each member of a packed one),
-    for the summary: which runs show the paper's clusters, not only the one drawn. Empty for a
-    study without S5."""
+@dataclass(frozen=True)
+class CosetFit:
+    trial_id: str
+    line: str  # the summary's line for it
+    fit: CosetAgreement
+
+
+def coset_fits(study: Study) -> list[CosetFit]:
+    """The coset agreement of every S5 trial with a checkpoint (each member of a packed one):
+    which runs show the paper's clusters, not only the one drawn. Empty for a study without
+    S5."""
     trials = study.trials[study.trials[OP].map(lambda op: is_s5(str(op)))]
-    trials = trials[trials["trial_dir"].notna()]
-    lines = []
-    for _, trial in trials.sort_values(TRIAL_ID).iterrows():
+    out = []
+    for _, trial in trials[trials["trial_dir"].notna()].sort_values(TRIAL_ID).iterrows():
         try:
             member = trial.get(MEMBER)
             weights, config, step = load_head(
@@ -318,13 +324,21 @@ def coset_lines(study: Study) -> list[str]:
         except AnalysisError:
             continue  # a trial without a checkpoint yet: nothing to measure
         fit = coset_agreement(weights)
-        lines.append(
+        line = (
             f"  {trial[TRIAL_ID]} {config[OP]} frac={config[FRAC]:g} step {step:,} "
             f"(val acc {trial[m.VAL_ACC]:.3f}): {fit.describe()}"
         )
-    if not lines:
+        out.append(CosetFit(str(trial[TRIAL_ID]), line, fit))
+    return out
+
+
+def coset_lines(fits: Sequence[CosetFit]) -> list[str]:
+    """The summary's lines for ``coset_fits``."""
+    if not fits:
         return []
-    return ["S5 coset check (Power et al.'s Figure 3; analysis/embeddings.py):", *lines]
+    return ["S5 coset check (Power et al.'s Figure 3; analysis/embeddings.py):"] + [
+        f.line for f in fits
+    ]
 
 
 def _mod_arg(value: str) -> int | str:
