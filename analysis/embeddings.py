@@ -207,6 +207,12 @@ def load_head(path: Path, member: int = 0) -> tuple[np.ndarray, dict, int]:
         raise AnalysisError(f"{path}: not a grok_tune checkpoint (it cannot be read)") from None
 
 
+def trial_head(study: Study, trial: pd.Series) -> tuple[np.ndarray, dict, int]:
+    """``load_head`` of the trial's newest checkpoint, for its member of a packed trial."""
+    member = trial.get(MEMBER)
+    return load_head(latest_checkpoint(study, trial), 0 if pd.isna(member) else int(member))
+
+
 def embed_2d(weights: np.ndarray, perplexity: float | None) -> np.ndarray:
     n = len(weights)
     # sklearn needs perplexity < points; a third of them keeps tiny tables (p = 5) meaningful
@@ -270,9 +276,7 @@ def plot_embeddings(
     trials = study.trials.set_index(TRIAL_ID, drop=False)
     if trial_id not in trials.index:
         raise AnalysisError(f"unknown trial {trial_id!r}; allowed: {', '.join(trials.index)}")
-    checkpoint = latest_checkpoint(study, trials.loc[trial_id])
-    member = trials.loc[trial_id].get(MEMBER)
-    weights, config, step = load_head(checkpoint, 0 if pd.isna(member) else int(member))
+    weights, config, step = trial_head(study, trials.loc[trial_id])
     xy = embed_2d(weights, perplexity)
     if not is_s5(config[OP]):
         mod = nearest_step(weights) if mod == AUTO else int(mod)
@@ -317,10 +321,7 @@ def coset_fits(study: Study) -> list[CosetFit]:
     out = []
     for _, trial in trials[trials["trial_dir"].notna()].sort_values(TRIAL_ID).iterrows():
         try:
-            member = trial.get(MEMBER)
-            weights, config, step = load_head(
-                latest_checkpoint(study, trial), 0 if pd.isna(member) else int(member)
-            )
+            weights, config, step = trial_head(study, trial)
         except AnalysisError:
             continue  # a trial without a checkpoint yet: nothing to measure
         fit = coset_agreement(weights)
